@@ -1,0 +1,160 @@
+#define _GNU_SOURCE
+#include "model/runtime.h"
+#include "model/util.h"
+#include <cblas.h>
+#include <cpuid.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+extern char *openblas_get_corename(void);
+extern char *openblas_get_config(void);
+extern void openblas_set_num_threads(int);
+
+static int g_threads = 0;
+static char g_fix_note[160] = "not initialised";
+static char g_cpu_name[160];
+
+static int xgetbv_ok(unsigned mask) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+  if (!(c & (1u << 27))) return 0;               /* OSXSAVE */
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (lo & mask) == mask;
+}
+
+int t5g_cpu_has_avx2(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 12))) return 0;   /* FMA */
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+  return (b & (1u << 5)) && xgetbv_ok(0x6);
+}
+
+int t5g_cpu_has_avx512(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+  unsigned need = (1u << 16) | (1u << 17) | (1u << 30) | (1u << 31);    /* F, DQ, BW, VL */
+  return (b & need) == need && xgetbv_ok(0xe6);
+}
+
+static int cpu_has_avx512_bf16(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return 0;
+  return (a >> 5) & 1;
+}
+
+static int cpu_is_amd(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
+  return b == 0x68747541; /* "Auth" */
+}
+
+const char *t5g_cpu_name(void) {
+  if (g_cpu_name[0]) return g_cpu_name;
+  FILE *f = fopen("/proc/cpuinfo", "r");
+  char line[512];
+  snprintf(g_cpu_name, sizeof g_cpu_name, "unknown");
+  if (f) {
+    while (fgets(line, sizeof line, f)) {
+      if (strncmp(line, "model name", 10) == 0) {
+        char *p = strchr(line, ':');
+        if (p) { p++; while (*p == ' ') p++; p[strcspn(p, "\n")] = 0; snprintf(g_cpu_name, sizeof g_cpu_name, "%s", p); }
+        break;
+      }
+    }
+    fclose(f);
+  }
+  return g_cpu_name;
+}
+
+/* OpenBLAS core names of cores without AVX (dynamic-arch builds). */
+static int core_is_pre_avx(const char *core) {
+  static const char *old[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom",
+                              "Katmai", "Coppermine", "Northwood", "Banias", "Athlon", "Opteron",
+                              "Opteron_SSE3", "Barcelona", "Bobcat", "Nano", "Generic", "Unknown", NULL};
+  for (int i = 0; old[i]; i++) if (strcasecmp(core, old[i]) == 0) return 1;
+  return 0;
+}
+
+static void parse_threads_arg(int *argc, char ***argv) {
+  char **av = *argv;
+  int w = 1;
+  for (int r = 1; r < *argc; r++) {
+    const char *a = av[r];
+    if (strcmp(a, "--threads") == 0 && r + 1 < *argc) { g_threads = atoi(av[++r]); continue; }
+    if (strncmp(a, "--threads=", 10) == 0) { g_threads = atoi(a + 10); continue; }
+    if (strcmp(a, "--") == 0) { while (r < *argc) av[w++] = av[r++]; break; }
+    av[w++] = av[r];
+  }
+  *argc = w;
+  av[w] = NULL;
+}
+
+void t5g_runtime_init(int *argc, char ***argv) {
+  const char *user = getenv("OPENBLAS_CORETYPE");
+  const char *reexec = getenv("T5G_BLAS_REEXEC");
+  const char *fix = getenv("T5G_BLAS_FIX");
+  const char *core = openblas_get_corename();
+  if (user && !reexec) {
+    snprintf(g_fix_note, sizeof g_fix_note, "OPENBLAS_CORETYPE=%s set by the user", user);
+  } else if (reexec) {
+    snprintf(g_fix_note, sizeof g_fix_note, "fixed: detected %s, re-executed with OPENBLAS_CORETYPE=%s", reexec, user ? user : "?");
+  } else if (core_is_pre_avx(core) && (t5g_cpu_has_avx512() || t5g_cpu_has_avx2()) && !(fix && strcmp(fix, "0") == 0)) {
+    const char *want;
+    if (t5g_cpu_has_avx512()) want = cpu_has_avx512_bf16() ? "COOPERLAKE" : "SKYLAKEX";
+    else want = cpu_is_amd() ? "ZEN" : "HASWELL";
+    setenv("OPENBLAS_CORETYPE", want, 1);
+    setenv("T5G_BLAS_REEXEC", core, 1);
+    fflush(NULL);
+    execv("/proc/self/exe", *argv);
+    /* exec failed: carry on with the slow kernels, but say so */
+    snprintf(g_fix_note, sizeof g_fix_note, "WARNING: OpenBLAS core %s is too old for this CPU and the re-exec failed; set OPENBLAS_CORETYPE=%s", core, want);
+  } else {
+    snprintf(g_fix_note, sizeof g_fix_note, "detected by OpenBLAS (matches the CPU)");
+  }
+  parse_threads_arg(argc, argv);
+  if (g_threads <= 0) {
+    const char *e = getenv("OMP_NUM_THREADS");
+    g_threads = e ? atoi(e) : 0;
+  }
+  if (g_threads <= 0) g_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+  if (g_threads <= 0) g_threads = 1;
+  t5g_set_threads(g_threads);
+}
+
+int t5g_threads(void) { return g_threads > 0 ? g_threads : 1; }
+
+void t5g_set_threads(int n) {
+  if (n < 1) n = 1;
+  g_threads = n;
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+void t5g_blas_single(void) { openblas_set_num_threads(1); }
+void t5g_blas_restore(void) { openblas_set_num_threads(t5g_threads()); }
+
+const char *t5g_blas_core(void) { return openblas_get_corename(); }
+const char *t5g_blas_config(void) { return openblas_get_config(); }
+const char *t5g_blas_fix_note(void) { return g_fix_note; }
+
+double t5g_sgemm_gflops(int m, int n, int k) {
+  static double cached = 0; static int cm, cn, ck, ct;
+  if (cached > 0 && cm == m && cn == n && ck == k && ct == t5g_threads()) return cached;
+  float *a = t5g_alloc_aligned((size_t)m * k * 4), *b = t5g_alloc_aligned((size_t)k * n * 4), *c = t5g_alloc_aligned((size_t)m * n * 4);
+  for (size_t i = 0; i < (size_t)m * k; i++) a[i] = (float)((i * 7919) % 101) / 101.0f - 0.5f;
+  for (size_t i = 0; i < (size_t)k * n; i++) b[i] = (float)((i * 104729) % 103) / 103.0f - 0.5f;
+  double best = 1e30;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a, k, b, k, 0.0f, c, n); /* warm-up */
+  for (int rep = 0; rep < 5; rep++) {
+    double t0 = t5g_now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a, k, b, k, 0.0f, c, n);
+    double dt = t5g_now() - t0;
+    if (dt < best) best = dt;
+  }
+  free(a); free(b); free(c);
+  cached = 2.0 * m * n * k / best / 1e9; cm = m; cn = n; ck = k; ct = t5g_threads();
+  return cached;
+}

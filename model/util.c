@@ -1,0 +1,164 @@
+#define _GNU_SOURCE
+#include "model/util.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static __thread char g_err[2048];
+
+int t5g_error(const char *fmt, ...) {
+  va_list ap; va_start(ap, fmt); vsnprintf(g_err, sizeof g_err, fmt, ap); va_end(ap);
+  return -1;
+}
+const char *t5g_last_error(void) { return g_err[0] ? g_err : "unknown error"; }
+
+void t5g_fatal(const char *fmt, ...) {
+  va_list ap; va_start(ap, fmt);
+  fprintf(stderr, "t5gemma: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
+  exit(1);
+}
+void t5g_die_last(void) { t5g_fatal("%s", t5g_last_error()); }
+
+void *t5g_malloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (!p) t5g_fatal("out of memory allocating %zu bytes", n);
+  return p;
+}
+void *t5g_calloc(size_t c, size_t s) {
+  void *p = calloc(c ? c : 1, s ? s : 1);
+  if (!p) t5g_fatal("out of memory allocating %zu x %zu bytes", c, s);
+  return p;
+}
+void *t5g_realloc(void *q, size_t n) {
+  void *p = realloc(q, n ? n : 1);
+  if (!p) t5g_fatal("out of memory reallocating %zu bytes", n);
+  return p;
+}
+void *t5g_alloc_aligned(size_t n) {
+  void *p = NULL;
+  size_t r = (n + 63) & ~(size_t)63;
+  if (posix_memalign(&p, 64, r ? r : 64) != 0) t5g_fatal("out of memory allocating %zu aligned bytes", n);
+  return p;
+}
+char *t5g_strdup(const char *s) { size_t n = strlen(s) + 1; char *d = t5g_malloc(n); memcpy(d, s, n); return d; }
+
+char *t5g_read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) { t5g_error("%s: cannot open: %s", path, strerror(errno)); return NULL; }
+  if (fseeko(f, 0, SEEK_END) != 0) { fclose(f); t5g_error("%s: cannot seek", path); return NULL; }
+  off_t n = ftello(f);
+  fseeko(f, 0, SEEK_SET);
+  char *buf = t5g_malloc((size_t)n + 1);
+  if (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+    fclose(f); free(buf); t5g_error("%s: short read", path); return NULL;
+  }
+  fclose(f);
+  buf[n] = 0;
+  if (len) *len = (size_t)n;
+  return buf;
+}
+
+char *t5g_tmp_name(const char *path) {
+  size_t n = strlen(path) + 32;
+  char *t = t5g_malloc(n);
+  snprintf(t, n, "%s.tmp.%d", path, (int)getpid());
+  return t;
+}
+
+int t5g_rename_durable(const char *tmp, const char *final) {
+  int fd = open(tmp, O_RDONLY);
+  if (fd >= 0) { fsync(fd); close(fd); }
+  if (rename(tmp, final) != 0) return t5g_error("%s: cannot rename from %s: %s", final, tmp, strerror(errno));
+  /* fsync the directory so the rename itself is durable */
+  char *dir = t5g_strdup(final);
+  char *slash = strrchr(dir, '/');
+  if (slash) { *slash = 0; } else { strcpy(dir, "."); }
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) { fsync(dfd); close(dfd); }
+  free(dir);
+  return 0;
+}
+
+int t5g_open_out(T5gOutFile *o, const char *path) {
+  o->path = t5g_strdup(path);
+  o->tmp = t5g_tmp_name(path);
+  o->f = fopen(o->tmp, "wb");
+  if (!o->f) {
+    int r = t5g_error("%s: cannot create %s: %s", path, o->tmp, strerror(errno));
+    free(o->path); free(o->tmp); o->path = o->tmp = NULL;
+    return r;
+  }
+  return 0;
+}
+int t5g_commit_file(T5gOutFile *o) {
+  int bad = fflush(o->f) != 0 || ferror(o->f);
+  if (fclose(o->f) != 0) bad = 1;
+  o->f = NULL;
+  int r = 0;
+  if (bad) { r = t5g_error("%s: write failed (disk full?)", o->path); unlink(o->tmp); }
+  else r = t5g_rename_durable(o->tmp, o->path);
+  free(o->path); free(o->tmp); o->path = o->tmp = NULL;
+  return r;
+}
+void t5g_abort_file(T5gOutFile *o) {
+  if (o->f) fclose(o->f);
+  if (o->tmp) unlink(o->tmp);
+  free(o->path); free(o->tmp);
+  o->f = NULL; o->path = o->tmp = NULL;
+}
+
+int t5g_mkdir_p(const char *dir) {
+  char *d = t5g_strdup(dir);
+  for (char *p = d + 1; *p; p++) {
+    if (*p == '/') { *p = 0; if (mkdir(d, 0777) != 0 && errno != EEXIST) { int r = t5g_error("%s: cannot create directory: %s", d, strerror(errno)); free(d); return r; } *p = '/'; }
+  }
+  if (mkdir(d, 0777) != 0 && errno != EEXIST) { int r = t5g_error("%s: cannot create directory: %s", d, strerror(errno)); free(d); return r; }
+  free(d);
+  return 0;
+}
+int t5g_file_exists(const char *path) { struct stat st; return stat(path, &st) == 0; }
+char *t5g_path_join(const char *a, const char *b) {
+  size_t n = strlen(a) + strlen(b) + 2;
+  char *p = t5g_malloc(n);
+  if (a[0] && a[strlen(a) - 1] == '/') snprintf(p, n, "%s%s", a, b); else snprintf(p, n, "%s/%s", a, b);
+  return p;
+}
+
+double t5g_now(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec + ts.tv_nsec * 1e-9; }
+int64_t t5g_peak_rss(void) { struct rusage ru; getrusage(RUSAGE_SELF, &ru); return (int64_t)ru.ru_maxrss * 1024; }
+int64_t t5g_current_rss(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  long pages = 0, rss = 0;
+  if (f) { if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0; fclose(f); }
+  return (int64_t)rss * sysconf(_SC_PAGESIZE);
+}
+int64_t t5g_mem_available(void) {
+  FILE *f = fopen("/proc/meminfo", "r");
+  char line[256]; long long kb = -1;
+  if (!f) return -1;
+  while (fgets(line, sizeof line, f)) if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1) break;
+  fclose(f);
+  return kb < 0 ? -1 : (int64_t)kb * 1024;
+}
+
+uint64_t t5g_fnv1a64(const void *data, size_t n, uint64_t h) {
+  const unsigned char *p = data;
+  for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ULL; }
+  return h;
+}
+
+const char *t5g_fmt_bytes(double b, char *buf, size_t n) {
+  const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int i = 0;
+  while (b >= 1024 && i < 4) { b /= 1024; i++; }
+  snprintf(buf, n, i ? "%.2f %s" : "%.0f %s", b, u[i]);
+  return buf;
+}
