@@ -41,7 +41,7 @@ LIB       = $(BUILD)/libt5gemma.a
 TEST_SRC  = $(wildcard tests/test_*.c)
 TEST_BIN  = $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 HDRS      = $(foreach d,$(LIB_DIRS) tests,$(wildcard $(d)/*.h))
-PROG      = t5gemma
+PROG      = $(if $(filter build,$(BUILD)),t5gemma,$(BUILD)/t5gemma)
 ifeq ($(SAN),1)
   PROG    = $(BUILD)/t5gemma
 endif
