@@ -1,0 +1,62 @@
+/* train_config.h: the training configuration: a flat JSON object (files in configs/) whose every
+ * key can be overridden on the command line as key=value. Unknown keys are refused (a typo never
+ * silently trains with a default). The full list with defaults and meaning is the table
+ * train_config_keys in train_config.c, printed by `t5gemma train --help`.
+ */
+#ifndef T5G_TRAIN_CONFIG_H
+#define T5G_TRAIN_CONFIG_H
+
+#include <stdint.h>
+
+typedef struct TrainConfig {
+  /* model and initialisation */
+  char model[512];          /* preset name or config path (random init) */
+  char init[512];           /* HF checkpoint dir to start from ("" = random init of `model`) */
+  char run_dir[512];        /* where checkpoints, metrics.jsonl and the log go */
+  char resume[512];         /* run dir to resume from ("" = fresh) */
+  /* objective and data */
+  char objective[32];       /* causal | prefixlm | ul2 | sft */
+  char data[512];           /* shard dataset dir (causal, prefixlm, ul2) */
+  char train_split[32], val_split[32];
+  char sft_data[512], sft_val_data[512]; /* JSONL for sft */
+  char tokenizer[512];      /* needed by sft, and to name special tokens */
+  int batch_size, grad_accum;
+  int seq_len;              /* causal: tokens per row */
+  int enc_len, dec_len;     /* encoder-decoder lengths */
+  int packed;               /* causal/prefixlm: attention within documents (segment ids) */
+  int prefixlm_random_split;
+  char ul2_mixture[32];     /* t5gemma2 | ul2 */
+  char sentinel_prefix[32]; /* token-name prefix of sentinels, default <unused */
+  /* optimisation */
+  double lr, min_lr_ratio, weight_decay, beta1, beta2, eps, clip;
+  int warmup_steps, steps;
+  char schedule[16];        /* cosine | linear | constant */
+  int decay_embeddings;
+  int warmup_cross_steps;   /* unequal pairs: cross-attention only for this many steps (-1: auto) */
+  float dropout;
+  /* distillation (prefixlm) */
+  char teacher[512];        /* Gemma 2 HF dir; "" = none */
+  double distill_alpha, distill_temperature;
+  int distill_topk;
+  /* bookkeeping */
+  int log_every, eval_every, eval_batches, save_every, keep_last, average_last;
+  int max_bad_steps;        /* consecutive non-finite steps before stopping */
+  uint64_t seed;
+  int threads;
+  int recompute;            /* activation checkpointing */
+  int encoder_causal;       /* ablation: causal encoder */
+  int zero1;                /* MPI: shard optimizer state (ZeRO stage 1) */
+} TrainConfig;
+
+void train_config_defaults(TrainConfig *c);
+/* Apply a JSON object (string), then overrides "key=value" (value parsed as JSON when it is
+ * valid JSON, else taken as a string). Errors name the source, the key, expected and found. */
+int train_config_load(TrainConfig *c, const char *path);
+int train_config_set(TrainConfig *c, const char *key, const char *value, const char *source);
+int train_config_validate(const TrainConfig *c);
+/* Serialise (all keys) as a JSON object string (malloc'ed), for checkpoints and the run dir. */
+char *train_config_to_json(const TrainConfig *c);
+int train_config_from_json(TrainConfig *c, const char *json, const char *source);
+void train_config_print_help(void);
+
+#endif
