@@ -1,0 +1,41 @@
+/* dist.h: data-parallel communication over MPI (OpenMPI), issue 9.
+ *
+ * Built with -DT5G_MPI when OpenMPI is installed (the Makefile turns it on by itself); without
+ * it, or when the program was not started by mpirun (no OMPI_COMM_WORLD_SIZE / PMI_SIZE in the
+ * environment), the world is one rank and every call is the identity: the single-process build
+ * and run need no MPI.
+ * Gradients travel as f32 (MPI has no bf16 type) in buckets of `bucket_floats` floats.
+ * Errors: MPI's default handler (MPI_ERRORS_ARE_FATAL) aborts every rank when a collective fails;
+ * mpirun stops the job when one rank dies, so no rank hangs forever.
+ */
+#ifndef T5G_DIST_H
+#define T5G_DIST_H
+
+#include <stdint.h>
+
+void dist_init(int *argc, char ***argv);
+void dist_finalize(void);
+int  dist_rank(void);
+int  dist_world(void);
+int  dist_active(void);                       /* 1 when running with more than one rank */
+
+/* Sum then divide by the world size, in place, over n floats (bucketed). */
+void dist_allreduce_mean(float *buf, int64_t n);
+/* In-place sums. */
+void dist_allreduce_sum_f64(double *buf, int n);
+void dist_allreduce_sum_i64(int64_t *buf, int n);
+void dist_allreduce_max_f64(double *buf, int n);
+/* ZeRO-1: grad (n floats, n divisible by world) -> every rank gets the mean of its slice
+ * [rank*n/world, (rank+1)*n/world) in place at that offset. */
+void dist_reduce_scatter_mean(float *buf, int64_t n);
+/* ZeRO-1: every rank contributes its slice of buf (n divisible by world); all get all. */
+void dist_allgather(float *buf, int64_t n);
+void dist_bcast(void *buf, int64_t bytes, int root);
+void dist_barrier(void);
+/* Abort every rank with a message (non-zero exit). */
+void dist_abort(const char *msg) __attribute__((noreturn));
+/* Check that a 64-bit value (e.g. a checksum of the weights) is the same on every rank;
+ * returns 1 when it is. */
+int dist_same_u64(uint64_t v);
+
+#endif
