@@ -7,7 +7,10 @@
 #include <mpi.h>
 #endif
 
-static int g_rank = 0, g_world = 1, g_mpi = 0;
+static int g_rank = 0, g_world = 1;
+#ifdef T5G_MPI
+static int g_mpi = 0;
+#endif
 #define BUCKET ((int64_t)1 << 24)   /* floats per collective call (64 MiB); fits MPI's int count */
 
 void dist_init(int *argc, char ***argv) {
