@@ -65,6 +65,24 @@ void arena_free(Arena *a) {
   a->chunks = NULL; a->used = a->capacity = 0;
 }
 
+ArenaMark arena_mark(Arena *a) {
+  ArenaMark m = {a->chunks, a->chunks ? a->chunks->off : 0, a->used};
+  return m;
+}
+
+void arena_release(Arena *a, ArenaMark m) {
+  /* chunks created after the mark are freed (the peak is remembered, so arena_reset later
+   * merges into one chunk large enough) */
+  while (a->chunks && a->chunks != m.chunk) {
+    ArenaChunk *c = a->chunks;
+    a->chunks = c->next;
+    a->capacity -= c->size;
+    free(c->mem); free(c);
+  }
+  if (a->chunks) a->chunks->off = m.off;
+  a->used = m.used;
+}
+
 char *arena_strdup(Arena *a, const char *s) {
   size_t n = strlen(s) + 1;
   char *d = arena_alloc(a, n);

@@ -57,6 +57,11 @@ void  *arena_calloc(Arena *a, size_t bytes);         /* zero-filled */
  * merged into one chunk big enough for the peak, so the next step allocates nothing. */
 void   arena_reset(Arena *a);
 void   arena_free(Arena *a);
+/* Stack discipline: everything allocated after arena_mark() is given back by arena_release()
+ * (activation recomputation allocates a layer's activations, uses them, and releases them). */
+typedef struct ArenaMark { ArenaChunk *chunk; size_t off, used; } ArenaMark;
+ArenaMark arena_mark(Arena *a);
+void   arena_release(Arena *a, ArenaMark m);
 char  *arena_strdup(Arena *a, const char *s);
 
 /* ---- Graph: the tape plus the arena, the grad mode, and per-op timing. -------------------- */
