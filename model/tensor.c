@@ -27,7 +27,9 @@ void *arena_alloc(Arena *a, size_t bytes) {
   ArenaChunk *c = a->chunks;
   if (!c || c->off + need > c->size) {
     size_t sz = need > a->chunk_size ? need : a->chunk_size;
-    ArenaChunk *n = chunk_new(sz);
+    ArenaChunk *n = NULL, **pp = &a->spare;
+    for (; *pp; pp = &(*pp)->next) if ((*pp)->size >= need) { n = *pp; *pp = n->next; n->off = 0; sz = n->size; break; }
+    if (!n) n = chunk_new(sz);
     n->next = c;
     a->chunks = n;
     a->capacity += sz;
@@ -46,7 +48,12 @@ void *arena_calloc(Arena *a, size_t bytes) {
   return p;
 }
 
+static void free_chunks(ArenaChunk *c) {
+  while (c) { ArenaChunk *n = c->next; free(c->mem); free(c); c = n; }
+}
+
 void arena_reset(Arena *a) {
+  /* spare chunks stay for the next step's recomputation */
   if (a->chunks && a->chunks->next) {
     /* Several chunks: replace them by one that holds the peak, so the next step has no malloc. */
     size_t want = a->peak > a->chunk_size ? a->peak : a->chunk_size;
@@ -60,9 +67,9 @@ void arena_reset(Arena *a) {
 }
 
 void arena_free(Arena *a) {
-  ArenaChunk *c = a->chunks;
-  while (c) { ArenaChunk *n = c->next; free(c->mem); free(c); c = n; }
-  a->chunks = NULL; a->used = a->capacity = 0;
+  free_chunks(a->chunks);
+  free_chunks(a->spare);
+  a->chunks = a->spare = NULL; a->used = a->capacity = 0;
 }
 
 ArenaMark arena_mark(Arena *a) {
@@ -77,7 +84,8 @@ void arena_release(Arena *a, ArenaMark m) {
     ArenaChunk *c = a->chunks;
     a->chunks = c->next;
     a->capacity -= c->size;
-    free(c->mem); free(c);
+    c->next = a->spare;
+    a->spare = c;
   }
   if (a->chunks) a->chunks->off = m.off;
   a->used = m.used;

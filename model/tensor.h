@@ -48,6 +48,7 @@ typedef struct Arena {
   size_t used;              /* bytes handed out since the last reset */
   size_t peak;              /* maximum of `used` ever seen */
   size_t capacity;          /* bytes held in all chunks */
+  ArenaChunk *spare;        /* chunks given back by arena_release, reused before any malloc */
 } Arena;
 
 void   arena_init(Arena *a, size_t chunk_size);
