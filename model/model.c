@@ -173,45 +173,147 @@ static Tensor *cross_attention(Graph *g, const StackParams *sp, const LayerParam
   return op_linear(g, o, L->xo);
 }
 
+/* Everything one layer needs besides its input. */
+typedef struct LayerArgs {
+  const StackParams *sp;
+  int layer;
+  const uint8_t *mask;
+  const int32_t *pos, *seg;
+  int B, T, causal;
+  Tensor *enc_out;
+  const uint8_t *enc_mask;
+  const int32_t *enc_seg;
+  int Te;
+} LayerArgs;
+
+/* One Gemma 2 / T5Gemma layer (spec 1.2, 2.2, 2.3): sandwich-normed self-attention,
+ * cross-attention (decoder), GeGLU MLP, each added to the residual stream. */
+static Tensor *layer_forward(Graph *g, const LayerArgs *la, Tensor *x, Tensor *enc_out) {
+  const StackParams *sp = la->sp;
+  const StackConfig *s = sp->cfg;
+  const LayerParams *L = &sp->layers[la->layer];
+  float eps = s->rms_norm_eps, p = s->dropout_rate;
+  Tensor *a = op_rmsnorm(g, x, L->ln_pre_attn, eps);
+  a = self_attention(g, sp, L, la->layer, a, la->mask, la->pos, la->seg, la->B, la->T, la->causal);
+  a = op_dropout(g, op_rmsnorm(g, a, L->ln_post_attn, eps), p);
+  x = op_add(g, x, a);
+  if (sp->has_cross) {
+    Tensor *c = op_rmsnorm(g, x, L->ln_pre_cross, eps);
+    c = cross_attention(g, sp, L, c, la->mask, la->seg, la->B, la->T, enc_out, la->enc_mask, la->enc_seg, la->Te);
+    c = op_dropout(g, op_rmsnorm(g, c, L->ln_post_cross, eps), p);
+    x = op_add(g, x, c);
+  }
+  Tensor *f = op_rmsnorm(g, x, L->ln_pre_ffw, eps);
+  f = op_geglu(g, op_linear(g, f, L->gate), op_linear(g, f, L->up));
+  f = op_linear(g, f, L->down);
+  f = op_dropout(g, op_rmsnorm(g, f, L->ln_post_ffw, eps), p);
+  return op_add(g, x, f);
+}
+
+/* ---- Activation recomputation (checkpointing) ---------------------------------------------
+ * Forward runs the layer without recording and keeps only its output; one tape node stands for
+ * the layer. Its backward re-runs the layer with recording on (same dropout masks: the dropout
+ * counter is restored), back-propagates the layer alone into private gradient buffers of its
+ * inputs, adds them to the real ones, and gives the layer's activations back to the arena. */
+typedef struct RecomputeCtx {
+  Graph *g;
+  LayerArgs la;
+  Tensor *x_in, *x_out, *enc_out;
+  uint64_t dropout_calls;
+} RecomputeCtx;
+
+static int layer_has_trainable(const LayerParams *L) {
+  Tensor *ts[] = {L->q, L->k, L->v, L->o, L->xq, L->xk, L->xv, L->xo, L->gate, L->up, L->down,
+                  L->ln_pre_attn, L->ln_post_attn, L->ln_pre_cross, L->ln_post_cross, L->ln_pre_ffw, L->ln_post_ffw};
+  for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) if (ts[i] && ts[i]->requires_grad) return 1;
+  return 0;
+}
+
+static Tensor *shadow(Graph *g, Tensor *t) {
+  /* same data, own gradient buffer: the recomputed sub-graph accumulates into it */
+  Tensor *c = tensor_wrap(g, t->name, t->data, t->ndim, t->shape);
+  c->requires_grad = t->requires_grad;
+  return c;
+}
+
+static void recompute_backward(void *p) {
+  RecomputeCtx *c = p;
+  Graph *g = c->g;
+  if (!c->x_out->grad) return;
+  float *dx_in = c->x_in->requires_grad ? tensor_grad(g, c->x_in) : NULL;
+  float *denc = c->enc_out && c->enc_out->requires_grad ? tensor_grad(g, c->enc_out) : NULL;
+  ArenaMark mk = arena_mark(g->arena);
+  int saved_nodes = g->n_nodes;
+  uint64_t saved_calls = g->dropout_calls;
+  g->dropout_calls = c->dropout_calls;
+  Tensor *xs = shadow(g, c->x_in);
+  Tensor *es = c->enc_out ? shadow(g, c->enc_out) : NULL;
+  Tensor *y = layer_forward(g, &c->la, xs, es);
+  g->dropout_calls = saved_calls;
+  if (y->requires_grad) {
+    float *dy = tensor_grad(g, y);
+    memcpy(dy, c->x_out->grad, (size_t)y->n * sizeof(float));
+    for (int i = g->n_nodes - 1; i >= saved_nodes; i--) {
+      double t0 = g->profile ? t5g_now() : 0;
+      g->nodes[i].backward(g->nodes[i].ctx);
+      if (g->profile) g->prof_sec[g->nodes[i].kind] += t5g_now() - t0;
+    }
+  }
+  g->n_nodes = saved_nodes;
+  if (dx_in && xs->grad) for (int64_t i = 0; i < xs->n; i++) dx_in[i] += xs->grad[i];
+  if (denc && es && es->grad) for (int64_t i = 0; i < es->n; i++) denc[i] += es->grad[i];
+  arena_release(g->arena, mk);
+}
+
+static Tensor *layer_forward_recompute(Graph *g, const LayerArgs *la, Tensor *x, Tensor *enc_out) {
+  int needs = tensor_needs_grad(g, x) || tensor_needs_grad(g, enc_out) || (g->grad_enabled && layer_has_trainable(&la->sp->layers[la->layer]));
+  if (!needs) return layer_forward(g, la, x, enc_out);
+  Tensor *out = tensor_new(g, "layer_out", x->ndim, x->shape);
+  uint64_t calls = g->dropout_calls;
+  ArenaMark mk = arena_mark(g->arena);
+  g->grad_enabled = 0;
+  Tensor *y = layer_forward(g, la, x, enc_out);
+  g->grad_enabled = 1;
+  memcpy(out->data, y->data, (size_t)out->n * sizeof(float));
+  arena_release(g->arena, mk);
+  out->requires_grad = 1;
+  RecomputeCtx *c = arena_alloc(g->arena, sizeof *c);
+  c->g = g; c->la = *la; c->x_in = x; c->x_out = out; c->enc_out = enc_out; c->dropout_calls = calls;
+  graph_record(g, recompute_backward, c, OPK_MATMUL);
+  return out;
+}
+
+Tensor *stack_forward_ex(Graph *g, const StackParams *sp, const int32_t *ids, const uint8_t *mask,
+                         const int32_t *pos, const int32_t *seg, int B, int T, int causal,
+                         Tensor *enc_out, const uint8_t *enc_mask, const int32_t *enc_seg, int Te, int recompute) {
+  const StackConfig *s = sp->cfg;
+  int64_t shape[2] = {B, T};
+  Tensor *x = op_embedding(g, ids, 2, shape, sp->embed, sp->embed_scale);
+  x = op_dropout(g, x, s->dropout_rate);
+  LayerArgs la = {sp, 0, mask, pos, seg, B, T, causal, enc_out, enc_mask, enc_seg, Te};
+  for (int i = 0; i < s->num_hidden_layers; i++) {
+    la.layer = i;
+    x = recompute ? layer_forward_recompute(g, &la, x, enc_out) : layer_forward(g, &la, x, enc_out);
+  }
+  x = op_rmsnorm(g, x, sp->final_norm, s->rms_norm_eps);
+  return op_dropout(g, x, s->dropout_rate);
+}
+
 Tensor *stack_forward(Graph *g, const StackParams *sp, const int32_t *ids, const uint8_t *mask,
                       const int32_t *pos, const int32_t *seg, int B, int T, int causal,
                       Tensor *enc_out, const uint8_t *enc_mask, const int32_t *enc_seg, int Te) {
-  const StackConfig *s = sp->cfg;
-  float eps = s->rms_norm_eps, p = s->dropout_rate;
-  int64_t shape[2] = {B, T};
-  Tensor *x = op_embedding(g, ids, 2, shape, sp->embed, sp->embed_scale);
-  x = op_dropout(g, x, p);
-  for (int i = 0; i < s->num_hidden_layers; i++) {
-    const LayerParams *L = &sp->layers[i];
-    Tensor *a = op_rmsnorm(g, x, L->ln_pre_attn, eps);
-    a = self_attention(g, sp, L, i, a, mask, pos, seg, B, T, causal);
-    a = op_dropout(g, op_rmsnorm(g, a, L->ln_post_attn, eps), p);
-    x = op_add(g, x, a);
-    if (sp->has_cross) {
-      Tensor *c = op_rmsnorm(g, x, L->ln_pre_cross, eps);
-      c = cross_attention(g, sp, L, c, mask, seg, B, T, enc_out, enc_mask, enc_seg, Te);
-      c = op_dropout(g, op_rmsnorm(g, c, L->ln_post_cross, eps), p);
-      x = op_add(g, x, c);
-    }
-    Tensor *f = op_rmsnorm(g, x, L->ln_pre_ffw, eps);
-    f = op_geglu(g, op_linear(g, f, L->gate), op_linear(g, f, L->up));
-    f = op_linear(g, f, L->down);
-    f = op_dropout(g, op_rmsnorm(g, f, L->ln_post_ffw, eps), p);
-    x = op_add(g, x, f);
-  }
-  x = op_rmsnorm(g, x, sp->final_norm, eps);
-  return op_dropout(g, x, p);
+  return stack_forward_ex(g, sp, ids, mask, pos, seg, B, T, causal, enc_out, enc_mask, enc_seg, Te, 0);
 }
 
 Tensor *model_hidden(Model *m, Graph *g, const Batch *b) {
   Tensor *enc_out = NULL;
   if (m->cfg.kind == MODEL_T5GEMMA) {
     T5G_ASSERT(b->Te > 0 && b->enc_ids);
-    enc_out = stack_forward(g, &m->enc, b->enc_ids, b->enc_mask, b->enc_pos, b->enc_seg, b->B, b->Te,
-                            m->cfg.encoder_causal, NULL, NULL, NULL, 0);
+    enc_out = stack_forward_ex(g, &m->enc, b->enc_ids, b->enc_mask, b->enc_pos, b->enc_seg, b->B, b->Te,
+                               m->cfg.encoder_causal, NULL, NULL, NULL, 0, m->recompute);
   }
-  Tensor *h = stack_forward(g, &m->dec, b->dec_ids, b->dec_mask, b->dec_pos, b->dec_seg, b->B, b->Td, 1,
-                            enc_out, b->enc_mask, b->enc_seg, b->Te);
+  Tensor *h = stack_forward_ex(g, &m->dec, b->dec_ids, b->dec_mask, b->dec_pos, b->dec_seg, b->B, b->Td, 1,
+                               enc_out, b->enc_mask, b->enc_seg, b->Te, m->recompute);
   int64_t s2[2] = {(int64_t)b->B * b->Td, m->cfg.dec.hidden_size};
   return tensor_view(g, h, 2, s2);
 }

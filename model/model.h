@@ -71,6 +71,11 @@ Tensor *stack_forward(Graph *g, const StackParams *sp, const int32_t *ids, const
                       const int32_t *pos, const int32_t *seg, int B, int T, int causal,
                       Tensor *enc_out, const uint8_t *enc_mask, const int32_t *enc_seg, int Te);
 
+/* The same with activation recomputation per layer when recompute != 0 (model->recompute). */
+Tensor *stack_forward_ex(Graph *g, const StackParams *sp, const int32_t *ids, const uint8_t *mask,
+                         const int32_t *pos, const int32_t *seg, int B, int T, int causal,
+                         Tensor *enc_out, const uint8_t *enc_mask, const int32_t *enc_seg, int Te, int recompute);
+
 /* Forward (recording the tape when g->grad_enabled) and loss for a batch:
  * Gemma 2: causal LM over dec_* with labels; T5Gemma: encoder over enc_*, decoder over dec_*.
  * loss = Σ CE(capped logits, labels) / normalizer (normalizer = target tokens of the whole
