@@ -6,7 +6,8 @@
  * t5g_runtime_init() checks the CPU (cpuid: AVX-512 F/BW/DQ/VL, AVX2+FMA) against
  * openblas_get_corename(); when the core is a pre-AVX one it re-executes the program once with
  * OPENBLAS_CORETYPE set (SKYLAKEX / COOPERLAKE for AVX-512, HASWELL / ZEN for AVX2), unless the
- * user set OPENBLAS_CORETYPE (respected as given) or T5G_BLAS_FIX=0.
+ * user set OPENBLAS_CORETYPE (respected as given) or T5G_BLAS_FIX=0. T5G_BLAS_ASSUME_CORE=NAME makes
+ * start-up act as if OpenBLAS had detected NAME (to test the fix where detection is right).
  *
  * Threads: one knob. T5G threads = --threads N, else OMP_NUM_THREADS, else all cores. It sets
  * both OpenMP and OpenBLAS. An op that calls BLAS inside its own OpenMP parallel region brackets
