@@ -1,0 +1,93 @@
+/* memory.c: memory predictions (see memory.h). The per-token counts mirror the tensors that
+ * model.c's layer code allocates through the ops (one f32 each, rows = tokens). */
+#include "model/memory.h"
+#include "model/util.h"
+
+#define LOSS_CHUNK_ROWS 256   /* rows per loss chunk (ops_loss.c), for the [rows, V] buffers */
+
+/* Floats per token kept by one layer's forward. */
+static int64_t layer_floats(const StackConfig *s, int cross) {
+  int64_t d = s->hidden_size, F = s->intermediate_size;
+  int64_t qd = (int64_t)s->num_attention_heads * s->head_dim, kd = (int64_t)s->num_key_value_heads * s->head_dim;
+  int64_t H = s->num_attention_heads;
+  /* self-attention: norm d, q qd, k kd, v kd, rope(q) qd, rope(k) kd, attention out qd + lse H,
+   * o-proj d, post-norm d, residual d; two rsqrt per row */
+  int64_t n = 5 * d + 3 * qd + 3 * kd + H + 2;
+  /* cross-attention (per decoder token): norm d, q qd, out qd + lse H, o d, post-norm d, residual d */
+  if (cross) n += 4 * d + 2 * qd + H + 2;
+  /* MLP: norm d, gate F, up F, geglu F, down d, post-norm d, residual d */
+  n += 4 * d + 3 * F + 2;
+  return n;
+}
+
+static int64_t stack_act(const StackConfig *s, int64_t tokens, int cross, int64_t enc_tokens, int64_t enc_kd_width, int recompute) {
+  int64_t d = s->hidden_size;
+  int64_t per_layer = layer_floats(s, cross) * tokens + (cross ? 2 * enc_kd_width * enc_tokens : 0);
+  int64_t n = 2 * d * tokens;                           /* embedding + final norm */
+  if (recompute) n += (int64_t)s->num_hidden_layers * d * tokens + per_layer;
+  else n += (int64_t)s->num_hidden_layers * per_layer;
+  return n * 4;
+}
+
+int64_t memory_activations(const ModelConfig *c, int B, int Te, int Td, int recompute) {
+  int64_t te = (int64_t)B * Te, td = (int64_t)B * Td, n = 0;
+  if (c->kind == MODEL_T5GEMMA) {
+    n += stack_act(&c->enc, te, 0, 0, 0, recompute);
+    n += stack_act(&c->dec, td, 1, te, (int64_t)c->dec.num_key_value_heads * c->dec.head_dim, recompute);
+  } else {
+    n += stack_act(&c->dec, td, 0, 0, 0, recompute);
+  }
+  return n;
+}
+
+static int64_t loss_buffers(const ModelConfig *c, int64_t rows) {
+  int64_t r = rows < LOSS_CHUNK_ROWS ? rows : LOSS_CHUNK_ROWS;
+  return 2 * r * (int64_t)c->dec.vocab_size * 4;
+}
+
+static void total(MemEstimate *m) {
+  m->overhead = (int64_t)200 << 20;
+  m->total = m->weights + m->grads + m->optimizer + m->activations + m->overhead;
+}
+
+MemEstimate memory_train(const ModelConfig *c, int B, int Te, int Td, int recompute, int ranks, int zero1) {
+  MemEstimate m = {0};
+  int64_t P = config_param_counts(c).total;
+  if (ranks < 1) ranks = 1;
+  m.weights = 4 * P;
+  m.grads = 4 * P;
+  m.optimizer = zero1 ? (8 * P + ranks - 1) / ranks : 8 * P;
+  /* forward tensors and, in backward, their gradients (lazily allocated, same sizes) */
+  m.activations = 2 * memory_activations(c, B, Te, Td, recompute) + loss_buffers(c, (int64_t)B * Td);
+  total(&m);
+  return m;
+}
+
+MemEstimate memory_infer(const ModelConfig *c, int B, int Te, int Td, int bf16_weights) {
+  MemEstimate m = {0};
+  int64_t P = config_param_counts(c).total;
+  m.weights = (bf16_weights ? 2 : 4) * P;
+  m.activations = memory_activations(c, B, Te, Td, 0) + loss_buffers(c, (int64_t)B * Td);
+  total(&m);
+  return m;
+}
+
+MemEstimate memory_adapt(const ModelConfig *t) {
+  MemEstimate m = {0};
+  int64_t big = (int64_t)t->dec.vocab_size * t->dec.hidden_size;
+  int64_t e = (int64_t)t->enc.vocab_size * t->enc.hidden_size;
+  if (e > big) big = e;
+  int64_t F = (int64_t)t->dec.intermediate_size * t->dec.hidden_size;
+  m.activations = 4 * (F > big / 64 ? F : big / 64);   /* converted in blocks; one block at a time */
+  total(&m);
+  return m;
+}
+
+int memory_check(const char *what, int64_t need) {
+  int64_t avail = t5g_mem_available();
+  if (avail <= 0 || need <= avail) return 0;
+  char a[32], b[32];
+  return t5g_error("%s needs about %s of memory but only %s is available; use a smaller batch or length, "
+                   "recompute=1, bf16 weights, or more ranks (see `t5gemma info MODEL`)",
+                   what, t5g_fmt_bytes((double)need, a, sizeof a), t5g_fmt_bytes((double)avail, b, sizeof b));
+}

@@ -1,0 +1,38 @@
+/* memory.h: predicted memory of each command for a model config (issue 8, 10), used by
+ * `t5gemma info` and by the commands to refuse, before allocating, a job the machine cannot hold.
+ *
+ * Accounting (bytes), f32 everywhere unless stated:
+ *   weights      4·P (2·P when kept in bf16 for inference, model/weights_bf16)
+ *   gradients    4·P (the flat twin buffer; frozen entries included)
+ *   AdamW m, v   8·P, divided by the ranks with ZeRO-1
+ *   activations  the tensors the ops allocate per token, counted from model.c's layer code
+ *                (see memory.c), times 2 for their gradients in backward, plus the loss chunk;
+ *                with recomputation only each layer's output is kept, plus one layer's full set
+ *   overhead     a fixed allowance for the program, libraries and thread stacks
+ */
+#ifndef T5G_MEMORY_H
+#define T5G_MEMORY_H
+
+#include <stdint.h>
+#include "model/config.h"
+
+typedef struct MemEstimate {
+  int64_t weights, grads, optimizer, activations, overhead, total;
+} MemEstimate;
+
+/* Training step: B rows of Te encoder / Td decoder tokens (Gemma 2: Te = 0). ranks >= 1;
+ * zero1: optimizer state sharded over ranks. */
+MemEstimate memory_train(const ModelConfig *c, int B, int Te, int Td, int recompute, int ranks, int zero1);
+/* Inference (score / eval / generate): weights (f32 or bf16), activations of one forward pass
+ * without gradients (the arena's peak: a layer's tensors at a time is NOT assumed: the bump
+ * arena keeps every tensor of the forward), plus KV caches for generation (max_new tokens). */
+MemEstimate memory_infer(const ModelConfig *c, int B, int Te, int Td, int bf16_weights);
+/* Streaming adaptation: one tensor at a time (the largest, in f32), plus mapped pages. */
+MemEstimate memory_adapt(const ModelConfig *target);
+/* Activation bytes per training step (forward tensors only, no gradients). */
+int64_t memory_activations(const ModelConfig *c, int B, int Te, int Td, int recompute);
+/* Refuse when need > available memory (/proc/meminfo MemAvailable): -1 with a message naming
+ * the command, the need and what is available. */
+int memory_check(const char *what, int64_t need);
+
+#endif
