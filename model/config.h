@@ -66,6 +66,10 @@ int config_validate(const ModelConfig *c, const char *source);
 int config_save(const ModelConfig *c, const char *path);
 /* Serialise to a malloc'ed JSON string (same content as config_save). */
 char *config_to_json(const ModelConfig *c);
+/* (added by h3) The same with "torch_dtype" set to the given name ("float32", "bfloat16",
+ * "float16"), for checkpoints whose weights are stored in that dtype (model/hf_io.c).
+ * config_to_json writes "float32". */
+char *config_to_json_dtype(const ModelConfig *c, const char *torch_dtype);
 
 /* Fill a StackConfig with Gemma 2 defaults (2B sizes), as transformers' Gemma2Config does. */
 void stack_config_defaults(StackConfig *s);
@@ -78,5 +82,10 @@ ParamCounts config_param_counts(const ModelConfig *c);
 /* Forward FLOPs per token for one decoder (or encoder) token at sequence length T, counting
  * matmuls (2·m·n·k) and attention scores and values (causal or full). */
 double config_flops_per_token(const StackConfig *s, int T, int causal, int cross_T);
+/* (added by h3) Forward FLOPs of one whole example: Te encoder tokens (ignored for gemma2) and
+ * Td decoder tokens, including the LM head of decoder tokens and the cross-attention K/V
+ * projections of the encoder output (counted per encoder token). The accounting is written out
+ * in model/config.c. */
+double config_flops_per_example(const ModelConfig *c, int Te, int Td);
 
 #endif
