@@ -1,0 +1,371 @@
+/* ops_loss.c: final-logit soft-cap fused with cross-entropy (and distillation), chunked over rows.
+ *
+ * Contract: model/ops.h (op_softcap_ce, op_softcap_ce_distill, logits_topk, logits_full).
+ * Math: spec 1.6 (z = cap·tanh(h Eᵀ / cap), tied LM head, loss on the capped logits), 2.4 (ignore
+ * label −100), 4.2 (distillation: cross-entropy against the teacher distribution; the T² factor
+ * of Hinton et al. 2015, "Distilling the Knowledge in a Neural Network", arXiv 1503.02531, keeps
+ * the soft-target gradient scale independent of T), 6 (soft-cap derivative 1 − tanh²).
+ *
+ * Chunking (the approach of fused linear + cross-entropy kernels such as Liger-Kernel's
+ * FusedLinearCrossEntropy, re-derived here): rows with a label are gathered, CH at a time, into a
+ * [CH, d] buffer; one sgemm forms the chunk's logits [CH, V]; the row-wise work (cap, max,
+ * log-sum-exp in double, teacher terms) runs OpenMP-parallel over the rows. Only the
+ * log-sum-exp per row (and, for distillation, the log-sum-exp at temperature T and the teacher
+ * mass) is saved. Backward recomputes the chunk's logits, overwrites them in place with
+ *   dz = [ (1−α)(softmax(z) − onehot(label)) + α·T·(Σp · softmax(z/T) − p) ] · (1 − tanh²) · dL/normalizer
+ * and applies dh += dz E and dE += dzᵀ h with sgemm (full OpenBLAS threads, outside OpenMP).
+ * Ignored rows cost nothing. At most one [CH, V] buffer exists at a time.
+ *
+ * LossStats are overwritten (not accumulated) by each call.
+ */
+#include "model/ops.h"
+#include "model/runtime.h"
+#include "model/vmath.h"
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define IGNORE_INDEX (-100)
+
+/* Rows per chunk: about 128 MiB of logits, between 16 and 256 rows. */
+static int64_t chunk_rows(int64_t V) {
+  int64_t ch = ((int64_t)1 << 25) / (V > 0 ? V : 1);
+  if (ch > 256) ch = 256;
+  if (ch < 16) ch = 16;
+  return ch;
+}
+
+typedef struct LossCtx {
+  Graph *g;
+  Tensor *h, *E, *out;
+  const int32_t *labels, *t_ids;
+  const float *t_probs;
+  int k;
+  float cap, T, alpha, normalizer;
+  int64_t N, V, d;
+  int64_t nrows;       /* rows with a label */
+  int32_t *rows;       /* [nrows] their indices */
+  float *lse;          /* [nrows] logsumexp(z) */
+  float *lseT;         /* [nrows] logsumexp(z / T) (distillation) */
+  float *psum;         /* [nrows] Σ teacher probabilities (distillation) */
+  int need_h, need_E, distill;
+} LossCtx;
+
+static void gather_rows(const float *h, int64_t d, const int32_t *rows, int64_t n, float *dst) {
+  for (int64_t r = 0; r < n; r++) memcpy(dst + r * d, h + (int64_t)rows[r] * d, sizeof(float) * d);
+}
+
+/* z = cap·tanh(z/cap) in place. */
+static inline void cap_row(float *z, int64_t V, float cap) {
+  if (cap <= 0) return;
+  const float inv = 1.0f / cap;
+  for (int64_t j = 0; j < V; j++) z[j] = cap * t5g_vtanh(z[j] * inv);
+}
+
+static inline float row_max(const float *z, int64_t V) {
+  float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < V; j++) m = z[j] > m ? z[j] : m;
+  return m;
+}
+
+/* log Σ exp(z_j · s) with m = max_j z_j · s (s > 0), sum in double. */
+static inline double row_lse(const float *z, int64_t V, float s, float m) {
+  double acc = 0.0;
+  if (s == 1.0f) {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < V; j++) acc += (double)t5g_vexp(z[j] - m);
+  } else {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < V; j++) acc += (double)t5g_vexp(z[j] * s - m);
+  }
+  return (double)m + log(acc);
+}
+
+static void ce_backward(void *vctx) {
+  LossCtx *c = vctx;
+  Graph *g = c->g;
+  if (!c->out->grad || c->nrows == 0) return;
+  const float coef = c->out->grad[0] / c->normalizer;
+  if (coef == 0.0f) return;
+  const int64_t V = c->V, d = c->d, nr = c->nrows, CH = chunk_rows(V);
+  float *dh = c->need_h ? tensor_grad(g, c->h) : NULL;
+  float *dE = c->need_E ? tensor_grad(g, c->E) : NULL;
+  float *hc = arena_alloc(g->arena, sizeof(float) * CH * d);
+  float *dhc = dh ? arena_alloc(g->arena, sizeof(float) * CH * d) : NULL;
+  float *Z = arena_alloc(g->arena, sizeof(float) * CH * V);
+  const int k = c->k;
+  const int topk = c->distill && c->t_ids;
+  int nth = omp_get_max_threads();
+  float *wk = topk ? arena_alloc(g->arena, sizeof(float) * k * nth) : NULL;
+  const float cap = c->cap, inv_cap = cap > 0 ? 1.0f / cap : 0.0f, invT = 1.0f / c->T;
+  const float a1 = (1.0f - c->alpha) * coef, a2 = c->alpha * c->T * coef;
+  for (int64_t c0 = 0; c0 < nr; c0 += CH) {
+    const int64_t n = nr - c0 < CH ? nr - c0 : CH;
+    gather_rows(c->h->data, d, c->rows + c0, n, hc);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)V, (int)d, 1.0f, hc, (int)d, c->E->data,
+                (int)d, 0.0f, Z, (int)V);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < n; r++) {
+      float *z = Z + r * V;
+      const int64_t row = c->rows[c0 + r];
+      const int lab = c->labels[row];
+      const float L = c->lse[c0 + r];
+      /* sparse terms first, from the raw logits: w = coefficient · (1 − tanh²) */
+      float cl = cap > 0 ? t5g_vtanh(z[lab] * inv_cap) : 0.0f;
+      const float wl = a1 * (1.0f - cl * cl);
+      float *w = NULL;
+      const int32_t *id = NULL;
+      const float *p = c->distill ? c->t_probs + row * (int64_t)k : NULL;
+      if (topk) {
+        w = wk + (size_t)omp_get_thread_num() * k;
+        id = c->t_ids + row * (int64_t)k;
+        for (int j = 0; j < k; j++) {
+          float cj = cap > 0 ? t5g_vtanh(z[id[j]] * inv_cap) : 0.0f;
+          w[j] = a2 * p[j] * (1.0f - cj * cj);
+        }
+      }
+      if (!c->distill) {
+        for (int64_t j = 0; j < V; j++) {
+          float cj = cap > 0 ? t5g_vtanh(z[j] * inv_cap) : 0.0f, zj = cap > 0 ? cap * cj : z[j];
+          z[j] = a1 * t5g_vexp(zj - L) * (1.0f - cj * cj);
+        }
+      } else {
+        const float LT = c->lseT[c0 + r], b2 = a2 * c->psum[c0 + r];
+        const int full = !c->t_ids;
+        for (int64_t j = 0; j < V; j++) {
+          float cj = cap > 0 ? t5g_vtanh(z[j] * inv_cap) : 0.0f, zj = cap > 0 ? cap * cj : z[j];
+          float gj = a1 * t5g_vexp(zj - L) + b2 * t5g_vexp(zj * invT - LT);
+          if (full) gj -= a2 * p[j];
+          z[j] = gj * (1.0f - cj * cj);
+        }
+      }
+      z[lab] -= wl;
+      if (topk) for (int j = 0; j < k; j++) z[id[j]] -= w[j];
+    }
+    if (dh) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)V, 1.0f, Z, (int)V, c->E->data,
+                  (int)d, 0.0f, dhc, (int)d);
+      for (int64_t r = 0; r < n; r++) {
+        float *dst = dh + (int64_t)c->rows[c0 + r] * d;
+        const float *src = dhc + r * d;
+        for (int64_t i = 0; i < d; i++) dst[i] += src[i];
+      }
+    }
+    if (dE)
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)V, (int)d, (int)n, 1.0f, Z, (int)V, hc, (int)d,
+                  1.0f, dE, (int)d);
+  }
+}
+
+/* Forward of the (distillation) loss; returns the scalar loss tensor. */
+static Tensor *ce_forward(Graph *g, Tensor *h, Tensor *E, const int32_t *labels, const int32_t *t_ids,
+                          const float *t_probs, int k, float cap, float T, float alpha, float normalizer,
+                          float *row_nll, LossStats *stats, int distill) {
+  OP_PROFILE_BEGIN(g);
+  T5G_ASSERT(h->ndim == 2 && E->ndim == 2 && h->shape[1] == E->shape[1]);
+  const int64_t N = h->shape[0], V = E->shape[0], d = h->shape[1];
+  if (distill) {
+    T5G_ASSERT(T > 0 && k >= 1 && k <= V && t_probs && (t_ids || k == V));
+  }
+  LossCtx *c = arena_calloc(g->arena, sizeof *c);
+  c->g = g; c->h = h; c->E = E; c->labels = labels; c->t_ids = t_ids; c->t_probs = t_probs; c->k = k;
+  c->cap = cap; c->T = distill ? T : 1.0f; c->alpha = distill ? alpha : 0.0f; c->normalizer = normalizer;
+  c->N = N; c->V = V; c->d = d; c->distill = distill && alpha != 0.0f;
+  c->rows = arena_alloc(g->arena, sizeof(int32_t) * (N ? N : 1));
+  int64_t nr = 0;
+  for (int64_t i = 0; i < N; i++) {
+    if (labels[i] == IGNORE_INDEX) continue;
+    if (labels[i] < 0 || labels[i] >= V)
+      t5g_fatal("op_softcap_ce: label %d of row %lld is outside [0, %lld) and is not -100",
+                (int)labels[i], (long long)i, (long long)V);
+    c->rows[nr++] = (int32_t)i;
+  }
+  c->nrows = nr;
+  c->lse = arena_alloc(g->arena, sizeof(float) * (nr ? nr : 1));
+  if (c->distill) {
+    c->lseT = arena_alloc(g->arena, sizeof(float) * (nr ? nr : 1));
+    c->psum = arena_alloc(g->arena, sizeof(float) * (nr ? nr : 1));
+  }
+  if (row_nll) memset(row_nll, 0, sizeof(float) * N);
+  T5G_ASSERT(nr == 0 || normalizer > 0);
+
+  const int64_t CH = chunk_rows(V);
+  float *hc = arena_alloc(g->arena, sizeof(float) * CH * d);
+  float *Z = arena_alloc(g->arena, sizeof(float) * CH * V);
+  double *rl = arena_alloc(g->arena, sizeof(double) * CH);
+  double *rn = arena_alloc(g->arena, sizeof(double) * CH);
+  int8_t *rc = arena_alloc(g->arena, CH);
+  double loss = 0.0, sum_nll = 0.0;
+  int64_t n_correct = 0;
+  const float invT = 1.0f / c->T, a = c->alpha, T2 = c->T * c->T;
+  for (int64_t c0 = 0; c0 < nr; c0 += CH) {
+    const int64_t n = nr - c0 < CH ? nr - c0 : CH;
+    gather_rows(h->data, d, c->rows + c0, n, hc);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)V, (int)d, 1.0f, hc, (int)d, E->data, (int)d,
+                0.0f, Z, (int)V);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < n; r++) {
+      float *z = Z + r * V;
+      const int64_t row = c->rows[c0 + r];
+      const int lab = labels[row];
+      cap_row(z, V, cap);
+      const float m = row_max(z, V);
+      int64_t am = 0;
+      while (z[am] != m) am++;                 /* first index of the maximum (torch.argmax) */
+      const double lse = row_lse(z, V, 1.0f, m);
+      const double nll = lse - (double)z[lab];
+      c->lse[c0 + r] = (float)lse;
+      rn[r] = nll;
+      rc[r] = am == lab;
+      double l = nll;
+      if (c->distill) {
+        const double lseT = c->T == 1.0f ? lse : row_lse(z, V, invT, m * invT);
+        const float *p = t_probs + row * (int64_t)k;
+        double ps = 0.0, pz = 0.0;
+        if (t_ids) {
+          const int32_t *id = t_ids + row * (int64_t)k;
+          for (int j = 0; j < k; j++) {
+            T5G_ASSERT(id[j] >= 0 && id[j] < V);
+            ps += p[j]; pz += (double)p[j] * z[id[j]];
+          }
+        } else {
+#pragma omp simd reduction(+ : ps, pz)
+          for (int64_t j = 0; j < V; j++) { ps += p[j]; pz += (double)p[j] * z[j]; }
+        }
+        const double soft = lseT * ps - pz * invT;      /* −Σ p_j log softmax(z/T)_j */
+        c->lseT[c0 + r] = (float)lseT;
+        c->psum[c0 + r] = (float)ps;
+        l = (1.0 - a) * nll + (double)a * T2 * soft;
+      }
+      rl[r] = l;
+    }
+    for (int64_t r = 0; r < n; r++) {   /* in row order: the result does not depend on threads */
+      loss += rl[r];
+      sum_nll += rn[r];
+      n_correct += rc[r];
+      if (row_nll) row_nll[c->rows[c0 + r]] = (float)rn[r];
+    }
+  }
+  if (stats) { stats->sum_nll = sum_nll; stats->n_tokens = nr; stats->n_correct = n_correct; }
+  const int64_t one = 1;
+  Tensor *out = tensor_new(g, "loss", 1, &one);
+  out->data[0] = nr ? (float)(loss / normalizer) : 0.0f;
+  out->requires_grad = h->requires_grad || E->requires_grad;
+  c->out = out;
+  c->need_h = tensor_needs_grad(g, h);
+  c->need_E = tensor_needs_grad(g, E);
+  if (c->need_h || c->need_E) graph_record(g, ce_backward, c, OPK_LOSS);
+  OP_PROFILE_END(g, OPK_LOSS);
+  return out;
+}
+
+Tensor *op_softcap_ce(Graph *g, Tensor *h, Tensor *E, const int32_t *labels, float cap, float normalizer,
+                      float *row_nll, LossStats *stats) {
+  return ce_forward(g, h, E, labels, NULL, NULL, 0, cap, 1.0f, 0.0f, normalizer, row_nll, stats, 0);
+}
+
+Tensor *op_softcap_ce_distill(Graph *g, Tensor *h, Tensor *E, const int32_t *labels, const int32_t *t_ids,
+                              const float *t_probs, int k, float cap, float temperature, float alpha,
+                              float normalizer, LossStats *stats) {
+  return ce_forward(g, h, E, labels, t_ids, t_probs, k, cap, temperature, alpha, normalizer, NULL, stats, 1);
+}
+
+/* ---- no-grad helpers ---------------------------------------------------------------------- */
+
+/* Heap entry ordering: a is "better" than b when its value is larger, ties to the lower id. */
+typedef struct { float v; int32_t id; } TopEnt;
+static inline int better(TopEnt a, TopEnt b) { return a.v > b.v || (a.v == b.v && a.id < b.id); }
+
+/* Min-heap (root = worst kept entry) sift-down. */
+static void heap_down(TopEnt *hp, int n, int i) {
+  for (;;) {
+    int l = 2 * i + 1, r = l + 1, w = i;
+    if (l < n && better(hp[w], hp[l])) w = l;
+    if (r < n && better(hp[w], hp[r])) w = r;
+    if (w == i) return;
+    TopEnt t = hp[i]; hp[i] = hp[w]; hp[w] = t;
+    i = w;
+  }
+}
+
+static int cmp_desc(const void *pa, const void *pb) {
+  TopEnt a = *(const TopEnt *)pa, b = *(const TopEnt *)pb;
+  return better(a, b) ? -1 : better(b, a) ? 1 : 0;
+}
+
+/* The k best of z[0..V) into hp[0..k), sorted best first. */
+static void select_topk(const float *z, int64_t V, int k, TopEnt *hp) {
+  int n = 0;
+  for (int64_t j = 0; j < V; j++) {
+    TopEnt e = {z[j], (int32_t)j};
+    if (n < k) {
+      hp[n++] = e;
+      if (n == k) for (int i = k / 2 - 1; i >= 0; i--) heap_down(hp, k, i);
+    } else if (better(e, hp[0])) {
+      hp[0] = e;
+      heap_down(hp, k, 0);
+    }
+  }
+  qsort(hp, (size_t)n, sizeof *hp, cmp_desc);
+}
+
+/* Rows of h [N, d] -> probabilities. ids_out may be NULL only when k == V: probs_out is then
+ * the full softmax(z/T) in vocabulary order (the layout op_softcap_ce_distill takes with
+ * t_ids = NULL). Otherwise ids_out/probs_out [N, k] hold the k most probable tokens in
+ * descending probability (ties: lower id first), probabilities renormalised over the k. */
+void logits_topk(const float *h, int64_t N, const Tensor *E, float cap, float temperature, int k,
+                 int32_t *ids_out, float *probs_out) {
+  const int64_t V = E->shape[0], d = E->shape[1];
+  T5G_ASSERT(temperature > 0 && k >= 1 && k <= V && (ids_out || k == V));
+  const int64_t CH = chunk_rows(V);
+  const int64_t nch = N < CH ? N : CH;
+  if (nch == 0) return;
+  float *Z = t5g_alloc_aligned(sizeof(float) * nch * V);
+  int nth = omp_get_max_threads();
+  TopEnt *heaps = ids_out ? t5g_alloc_aligned(sizeof(TopEnt) * (size_t)k * nth) : NULL;
+  const float invT = 1.0f / temperature;
+  for (int64_t c0 = 0; c0 < N; c0 += CH) {
+    const int64_t n = N - c0 < CH ? N - c0 : CH;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)V, (int)d, 1.0f, h + c0 * d, (int)d,
+                E->data, (int)d, 0.0f, Z, (int)V);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < n; r++) {
+      float *z = Z + r * V;
+      cap_row(z, V, cap);
+      for (int64_t j = 0; j < V; j++) z[j] *= invT;
+      float *po = probs_out + (c0 + r) * (int64_t)k;
+      const float m = row_max(z, V);
+      if (!ids_out) {
+        double s = 0.0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < V; j++) s += (double)t5g_vexp(z[j] - m);
+        const double inv = 1.0 / s;
+        for (int64_t j = 0; j < V; j++) po[j] = (float)(t5g_vexp(z[j] - m) * inv);
+        continue;
+      }
+      TopEnt *hp = heaps + (size_t)omp_get_thread_num() * k;
+      select_topk(z, V, k, hp);
+      double s = 0.0;
+      for (int j = 0; j < k; j++) s += (double)t5g_vexp(hp[j].v - m);
+      const double inv = 1.0 / s;
+      int32_t *io = ids_out + (c0 + r) * (int64_t)k;
+      for (int j = 0; j < k; j++) { io[j] = hp[j].id; po[j] = (float)(t5g_vexp(hp[j].v - m) * inv); }
+    }
+  }
+  free(heaps);
+  free(Z);
+}
+
+void logits_full(const float *h, int64_t N, const Tensor *E, float cap, float *out) {
+  const int64_t V = E->shape[0], d = E->shape[1];
+  if (N == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)V, (int)d, 1.0f, h, (int)d, E->data, (int)d,
+              0.0f, out, (int)V);
+  if (cap > 0) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < N; r++) cap_row(out + r * V, V, cap);
+  }
+}
