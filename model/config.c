@@ -614,9 +614,10 @@ int config_resolve(const char *name_or_path, ModelConfig *c) {
   if (rc == 1) {
     char avail[2048] = "";
     for (int i = 0; i < nd && !avail[0]; i++) list_presets(dirs[i], avail, sizeof avail);
-    rc = t5g_error("%s: not a file, a directory or a preset (looked for %s in ./configs/models%s%s%s); presets: %s",
-                   name_or_path, file, nd > 1 ? ", " : "", nd > 1 ? dirs[1] : "", nd > 2 ? " and its parent's" : "",
-                   avail[0] ? avail : "(none found)");
+    char where[3 * 4200] = "";
+    for (int i = 0, o = 0; i < nd; i++) o += snprintf(where + o, sizeof where - o, "%s%s", i ? ", " : "", dirs[i]);
+    rc = t5g_error("%s: not a file, a directory or a preset (looked for %s in %s); presets: %s",
+                   name_or_path, file, where, avail[0] ? avail : "(none found)");
   }
   free(file);
   for (int i = 0; i < nd; i++) free(dirs[i]);
