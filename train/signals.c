@@ -1,0 +1,28 @@
+/* signals.c: SIGINT / SIGTERM set a flag polled by the training loop (see signals.h). */
+#include "train/signals.h"
+#include <signal.h>
+#include <string.h>
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig) {
+  if (g_stop) {                 /* second request: stop now */
+    signal(sig, SIG_DFL);
+    raise(sig);
+    return;
+  }
+  g_stop = sig;
+}
+
+void t5g_signals_install(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+}
+
+int t5g_stop_requested(void) { return (int)g_stop; }
+void t5g_signals_clear(void) { g_stop = 0; }
