@@ -103,10 +103,10 @@ static uint64_t checksum_ref(const unsigned char *p, size_t n) {
 }
 
 TEST(checksum_definition) {
-  size_t sizes[] = {0, 1, 262143, 262144, 262145, 4 * 262144, 5 * 262144 + 7, 9 * 262144, 13 * 262144 + 1};
-  unsigned char *buf = t5g_malloc(13 * 262144 + 1);
+  size_t sizes[] = {0, 1, 262143, 262144, 262145, 4 * 262144, 5 * 262144 + 7, 8 * 262144, 9 * 262144, 17 * 262144 + 1};
+  unsigned char *buf = t5g_malloc(17 * 262144 + 1);
   Rng r; rng_seed(&r, 5);
-  for (size_t i = 0; i < 13 * 262144 + 1; i++) buf[i] = (unsigned char)rng_u64(&r);
+  for (size_t i = 0; i < 17 * 262144 + 1; i++) buf[i] = (unsigned char)rng_u64(&r);
   for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++)
     CHECK_MSG(ckpt_checksum(buf, sizes[k]) == checksum_ref(buf, sizes[k]), "size %zu", sizes[k]);
   CHECK(ckpt_checksum(buf, 0) == 14695981039346656037ULL);

@@ -91,29 +91,27 @@ static const char *shape_str(int ndim, const hsize_t *d, char *buf, size_t n) {
 #define FNV_PRIME 0x100000001b3ULL
 #define BLK ((size_t)CKPT_CHECKSUM_BLOCK)
 
-/* FNV-1a of 4 consecutive full blocks, as 4 independent chains (instruction-level parallelism;
- * each result equals t5g_fnv1a64 of its block). */
-static void fnv_4blocks(const unsigned char *p, uint64_t *out) {
-  const unsigned char *p0 = p, *p1 = p + BLK, *p2 = p + 2 * BLK, *p3 = p + 3 * BLK;
-  uint64_t h0 = T5G_FNV_SEED, h1 = T5G_FNV_SEED, h2 = T5G_FNV_SEED, h3 = T5G_FNV_SEED;
-  for (size_t i = 0; i < BLK; i++) {
-    h0 = (h0 ^ p0[i]) * FNV_PRIME;
-    h1 = (h1 ^ p1[i]) * FNV_PRIME;
-    h2 = (h2 ^ p2[i]) * FNV_PRIME;
-    h3 = (h3 ^ p3[i]) * FNV_PRIME;
-  }
-  out[0] = h0; out[1] = h1; out[2] = h2; out[3] = h3;
+/* FNV-1a of GROUP consecutive full blocks as independent chains (each result equals
+ * t5g_fnv1a64 of its block). With 8 chains gcc keeps the states in one vector register
+ * (AVX-512 has a 64-bit multiply): ~2.5 GB/s per core here, against ~0.3 for one chain. */
+#define GROUP 8
+static void fnv_group(const unsigned char *p, uint64_t *out) {
+  uint64_t h[GROUP];
+  for (int k = 0; k < GROUP; k++) h[k] = T5G_FNV_SEED;
+  for (size_t i = 0; i < BLK; i++)
+    for (int k = 0; k < GROUP; k++) h[k] = (h[k] ^ p[k * BLK + i]) * FNV_PRIME;
+  for (int k = 0; k < GROUP; k++) out[k] = h[k];
 }
 
 uint64_t ckpt_checksum(const void *data, size_t n) {
   if (n == 0) return T5G_FNV_SEED;
   const unsigned char *p = data;
-  size_t nb = (n + BLK - 1) / BLK, nfull = n / BLK, ngroups = nfull / 4;
+  size_t nb = (n + BLK - 1) / BLK, nfull = n / BLK, ngroups = nfull / GROUP;
   uint64_t stackbuf[256];
   uint64_t *hb = nb <= 256 ? stackbuf : t5g_malloc(nb * sizeof(uint64_t));
   #pragma omp parallel for schedule(dynamic, 1) if (ngroups > 1)
-  for (size_t g = 0; g < ngroups; g++) fnv_4blocks(p + g * 4 * BLK, hb + g * 4);
-  for (size_t b = ngroups * 4; b < nb; b++) hb[b] = t5g_fnv1a64(p + b * BLK, b < nfull ? BLK : n - b * BLK, T5G_FNV_SEED);
+  for (size_t g = 0; g < ngroups; g++) fnv_group(p + g * GROUP * BLK, hb + g * GROUP);
+  for (size_t b = ngroups * GROUP; b < nb; b++) hb[b] = t5g_fnv1a64(p + b * BLK, b < nfull ? BLK : n - b * BLK, T5G_FNV_SEED);
   uint64_t h = t5g_fnv1a64(hb, nb * sizeof(uint64_t), T5G_FNV_SEED);  /* little-endian host */
   if (hb != stackbuf) free(hb);
   return h;
