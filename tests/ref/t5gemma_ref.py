@@ -66,10 +66,12 @@ Command line (run with /usr/bin/python3)
       looked up as configs/models/CFG.json.
   t5gemma_ref.py dump  --ckpt DIR --batch FILE --out FILE [--dtype float64|float32] [--out-dtype F32|F64]
       reference loss, logits and gradients.
-  t5gemma_ref.py check --ckpt DIR --batch FILE --outputs C_OUTPUTS [--rtol 1e-4] [--atol-frac 1e-5]
-        [--real-logits-only] [--quiet]
+  t5gemma_ref.py check --ckpt DIR --batch FILE --outputs C_OUTPUTS [--rtol 1e-4] [--atol-frac 3e-5]
+        [--real-logits-only] [--only REGEX] [--quiet]
       recomputes in float64 and compares with C_OUTPUTS; exit 0 iff every tensor passes.
-  t5gemma_ref.py compare --ref FILE --outputs FILE [--rtol ..] [--atol-frac ..]
+      --real-logits-only compares logits only at dec_mask == 1 rows; --only REGEX compares (and
+      requires) only the gradients of parameters whose HF name matches REGEX (e.g. "cross_attn").
+  t5gemma_ref.py compare --ref FILE --outputs FILE [--rtol ..] [--atol-frac ..] [--only REGEX]
       the same comparison between two outputs files.
   t5gemma_ref.py bench --config CFG [--batch 8] [--enc-len 256] [--dec-len 256] [--threads 2]
         [--steps 3] [--warmup 1] [--lr 1e-4] [--seed 0]
@@ -79,7 +81,9 @@ Tolerance (check / compare): for each tensor with reference values b and candida
   scale = max|b|, atol = atol_frac * scale, and every element must satisfy
   |a - b| <= atol + rtol * |b|.  The atol term absorbs float32 rounding of elements that are
   small because of cancellation (their absolute error is set by the tensor's scale, not by their
-  own size).  Reported per tensor: max abs error, max rel error |a-b|/|b| over elements with
+  own size; measured float32-vs-float64 errors of this reference on the tiny configs reach
+  ~6e-6 x scale on such elements, so the default atol_frac 3e-5 leaves a 5x margin while a
+  1e-3 relative error in any single large element still fails).  Reported per tensor: max abs error, max rel error |a-b|/|b| over elements with
   |b| >= 0.01*scale, and "ratio" = max |a-b| / (atol + rtol*|b|) (pass iff <= 1).
 Exit codes: 0 pass, 1 mismatch, 2 bad input (message names the file and field).
 """
@@ -87,6 +91,7 @@ import argparse
 import json
 import math
 import os
+import re
 import resource
 import sys
 import time
@@ -112,10 +117,9 @@ class StackCfg:
     """One Gemma 2 stack (decoder-only model, or T5Gemma encoder/decoder module)."""
 
     def __init__(self, d, source, vocab_default=256000):
-        def get(k, default):
-            v = d.get(k, default)
-            return default if v is None and default is not None and k not in (
-                "sliding_window", "attn_logit_softcapping", "final_logit_softcapping") else v
+        def get(k, default):            # absent or null -> the transformers default
+            v = d.get(k)
+            return default if v is None else v
         self.vocab_size = int(get("vocab_size", vocab_default))
         self.hidden_size = int(get("hidden_size", 2304))
         self.intermediate_size = int(get("intermediate_size", 9216))
@@ -178,6 +182,11 @@ class ModelCfg:
         ext = d.get("t5gemma_c") or {}
         if not isinstance(ext, dict):
             raise RefError("%s: t5gemma_c must be an object, found %r" % (source, ext))
+        for k, v in ext.items():
+            if k not in ("encoder_causal", "embed_scale_bf16"):
+                raise RefError("%s: unknown key t5gemma_c.%s (expected encoder_causal, embed_scale_bf16)" % (source, k))
+            if v not in (0, 1):                  # also true/false
+                raise RefError("%s: t5gemma_c.%s must be 0 or 1, found %r" % (source, k, v))
         self.encoder_causal = int(ext.get("encoder_causal", 0))
         self.embed_scale_bf16 = int(ext.get("embed_scale_bf16", 0))
         self.pad_token_id = d.get("pad_token_id", 0)
@@ -628,12 +637,18 @@ def compare_tensor(a, b, rtol, atol_frac):
     return ratio <= 1.0, float(diff.max()) if b.size else 0.0, max_rel, ratio, scale
 
 
-def compare_outputs(ref, cand, rtol, atol_frac, logit_rows=None, quiet=False, out=None):
+def compare_outputs(ref, cand, rtol, atol_frac, logit_rows=None, quiet=False, out=None, only=None):
     """ref, cand: dicts name -> array (outputs.safetensors contents). logit_rows: optional bool
-    [B, Td] restricting the logits comparison. Prints one line per tensor (only failures when
-    quiet) to out (default stdout). Returns the number of failures."""
+    [B, Td] restricting the logits comparison. only: optional regular expression; gradients of
+    other parameters are neither required nor compared. Prints one line per tensor (only
+    failures when quiet) to out (default stdout). Returns the number of failures."""
     out = sys.stdout if out is None else out
     fails = 0
+    if only:
+        rx = re.compile(only)
+        keep = lambda n: not n.startswith("grad/") or rx.search(n[5:]) is not None  # noqa: E731
+        ref = {n: v for n, v in ref.items() if keep(n)}
+        cand = {n: v for n, v in cand.items() if keep(n)}
     names = ["loss", "logits"] + sorted(n for n in ref if n.startswith("grad/"))
     for n in sorted(cand):
         if n not in ref:
@@ -691,16 +706,18 @@ def bench(cfg, B, Te, Td, threads, steps, warmup, lr, seed, name):
     opt = torch.optim.AdamW(list(P.values()), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     raw = random_batch(cfg, gen, B, Te, Td, pad=False)
     b = make_batch(raw, cfg, "bench batch")
-    times = []
+    times, fb = [], []
     for it in range(warmup + steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(forward(P, cfg, b), b)
         loss.backward()
+        t1 = time.perf_counter()
         opt.step()
         dt = time.perf_counter() - t0
         if it >= warmup:
             times.append(dt)
+            fb.append(t1 - t0)
     step_s = float(np.mean(times))
     enc_tok = B * Te if cfg.kind == "t5gemma" else 0
     dec_tok = B * Td
@@ -708,7 +725,8 @@ def bench(cfg, B, Te, Td, threads, steps, warmup, lr, seed, name):
     return {"impl": "pytorch-eager", "torch": torch.__version__, "model": name, "kind": cfg.kind,
             "params": nparams, "batch": B, "enc_len": Te if cfg.kind == "t5gemma" else 0, "dec_len": Td,
             "threads": threads, "steps": steps, "warmup": warmup, "dtype": "float32",
-            "step_s": step_s, "step_s_min": float(np.min(times)),
+            "step_s": step_s, "step_s_min": float(np.min(times)), "fwd_bwd_s": float(np.mean(fb)),
+            "optimizer_s": step_s - float(np.mean(fb)),
             "tokens_per_s": (enc_tok + dec_tok) / step_s, "dec_tokens_per_s": dec_tok / step_s,
             "loss": float(loss.item()), "peak_rss_mb": rss}
 
@@ -764,7 +782,7 @@ def cmd_check(a):
     except (OSError, st.SafetensorsError) as e:
         raise RefError("%s: %s" % (a.outputs, e))
     rows = b["dec_mask"].numpy() if a.real_logits_only else None
-    fails = compare_outputs(ref, cand, a.rtol, a.atol_frac, rows, a.quiet)
+    fails = compare_outputs(ref, cand, a.rtol, a.atol_frac, rows, a.quiet, only=a.only)
     print("check %s: reference loss %.10g, candidate %s; %d tensors failed (rtol %g, atol %g x scale)"
           % ("PASSED" if fails == 0 else "FAILED", loss.item(),
              ("%.10g" % float(np.asarray(cand["loss"]).reshape(-1)[0])) if "loss" in cand else "missing",
@@ -777,7 +795,7 @@ def cmd_compare(a):
         ref, cand = st.load_file(a.ref), st.load_file(a.outputs)
     except (OSError, st.SafetensorsError) as e:
         raise RefError(str(e))
-    fails = compare_outputs(ref, cand, a.rtol, a.atol_frac, None, a.quiet)
+    fails = compare_outputs(ref, cand, a.rtol, a.atol_frac, None, a.quiet, only=a.only)
     print("compare %s: %d tensors failed" % ("PASSED" if fails == 0 else "FAILED", fails))
     return 0 if fails == 0 else 1
 
@@ -821,15 +839,17 @@ def main(argv=None):
         else:
             p.add_argument("--outputs", required=True)
             p.add_argument("--rtol", type=float, default=1e-4)
-            p.add_argument("--atol-frac", type=float, default=1e-5)
+            p.add_argument("--atol-frac", type=float, default=3e-5)
             p.add_argument("--real-logits-only", action="store_true")
+            p.add_argument("--only", default=None, help="regex: compare only these parameters' gradients")
             p.add_argument("--quiet", action="store_true")
         p.set_defaults(fn=fn)
     p = sub.add_parser("compare")
     p.add_argument("--ref", required=True)
     p.add_argument("--outputs", required=True)
     p.add_argument("--rtol", type=float, default=1e-4)
-    p.add_argument("--atol-frac", type=float, default=1e-5)
+    p.add_argument("--atol-frac", type=float, default=3e-5)
+    p.add_argument("--only", default=None, help="regex: compare only these parameters' gradients")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("bench")
