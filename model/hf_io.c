@@ -119,6 +119,16 @@ int hf_save(const ParamStore *ps, const ModelConfig *c, const char *dir, const H
     free(cfg_path);
     return t5g_error("%s: write_lm_head: the model has no \"%s\" to copy into \"%s\"", dir, emb, head);
   }
+  if (ei >= 0) {   /* the store must be a model of this config: check the tied embedding's shape */
+    const Tensor *et = &ps->e[ei].t;
+    if (et->ndim != 2 || et->shape[0] != c->dec.vocab_size || et->shape[1] != c->dec.hidden_size) {
+      char sb[64];
+      int rc = t5g_error("%s: \"%s\" has shape %s but the config says [vocab_size %d, hidden_size %d]", dir, emb,
+                         tensor_shape_str(et, sb, sizeof sb), c->dec.vocab_size, c->dec.hidden_size);
+      free(cfg_path);
+      return rc;
+    }
+  }
   int write_head = o.write_lm_head && params_find(ps, head) < 0;
   StWriter *w = st_writer_begin(dir, "model", o.dtype, o.max_shard_bytes);
   if (!w) { free(cfg_path); return -1; }

@@ -38,8 +38,9 @@ typedef struct HfSaveOptions {
 
 /* Write `dir`/config.json (config_to_json_dtype with torch_dtype naming opt->dtype) and the
  * safetensors file(s) holding every entry of ps, in store order, through the streaming writer
- * (no copy of the model is made). The config must validate; each file is written to a temporary
- * name and renamed, config.json last. opt NULL = {ST_F32, 0, 0}. */
+ * (no copy of the model is made). The config must validate, and the store's tied embedding (when
+ * it has one) must have the config's [vocab_size, hidden_size]; each file is written to a
+ * temporary name and renamed, config.json last. opt NULL = {ST_F32, 0, 0}. */
 int hf_save(const ParamStore *ps, const ModelConfig *c, const char *dir, const HfSaveOptions *opt);
 
 /* The tied LM-head tensor name and the embedding it copies, for a model kind

@@ -237,7 +237,7 @@ static int open_one(StReader *r, const char *path, int *cap) {
   int m = 0;
   StTensor **v = t5g_malloc(sizeof(StTensor *) * (size_t)(r->n - first + 1));
   for (int i = first; i < r->n; i++) if (r->t[i].nbytes > 0) v[m++] = &r->t[i];
-  qsort(v, m, sizeof *v, cmp_by_begin);
+  if (m > 1) qsort(v, m, sizeof *v, cmp_by_begin);
   for (int i = 1; i < m; i++) {
     const char *pe = (const char *)v[i - 1]->data + v[i - 1]->nbytes;
     if ((const char *)v[i]->data < pe) {
@@ -295,7 +295,7 @@ static int open_index(StReader *r, const char *index_path, int *cap) {
     free(p);
     if (rc) goto done;
   }
-  qsort(r->t, r->n, sizeof(StTensor), cmp_by_name);
+  if (r->n > 1) qsort(r->t, r->n, sizeof(StTensor), cmp_by_name);
   for (int i = 1; i < r->n; i++)
     if (strcmp(r->t[i - 1].name, r->t[i].name) == 0) {
       rc = t5g_error("%s: tensor \"%s\" appears in both %s and %s", index_path, r->t[i].name,
@@ -340,7 +340,7 @@ int st_open(StReader *r, const char *path) {
     rc = open_one(r, path, &cap);
   }
   if (rc == 0 && r->n_files <= 1) {
-    qsort(r->t, r->n, sizeof(StTensor), cmp_by_name);
+    if (r->n > 1) qsort(r->t, r->n, sizeof(StTensor), cmp_by_name);
     for (int i = 1; i < r->n; i++)
       if (strcmp(r->t[i - 1].name, r->t[i].name) == 0) { rc = t5g_error("%s: tensor \"%s\" appears twice in the header", r->files[0].path, r->t[i].name); break; }
   }
