@@ -83,8 +83,17 @@ Tolerance (check / compare): for each tensor with reference values b and candida
   small because of cancellation (their absolute error is set by the tensor's scale, not by their
   own size; measured float32-vs-float64 errors of this reference on the tiny configs reach
   ~6e-6 x scale on such elements, so the default atol_frac 3e-5 leaves a 5x margin while a
-  1e-3 relative error in any single large element still fails).  Reported per tensor: max abs error, max rel error |a-b|/|b| over elements with
-  |b| >= 0.01*scale, and "ratio" = max |a-b| / (atol + rtol*|b|) (pass iff <= 1).
+  1e-3 relative error in any single large element still fails).  Reported per tensor: max abs
+  error, max rel error |a-b|/|b| over elements with |b| >= 0.01*scale, and
+  "ratio" = max |a-b| / (atol + rtol*|b|) (pass iff <= 1).  A missing or extra tensor fails.
+
+Benchmark (bench): parameters random normal(0, initializer_range), norm weights 0, float32;
+  unpadded random batch (B rows of Te encoder + Td decoder tokens, or Td for Gemma 2); each
+  step = zero_grad + forward + loss + backward + AdamW(lr, betas (0.9, 0.95), eps 1e-8,
+  weight_decay 0.1).  JSON fields: impl, torch, model, kind, params, batch, enc_len, dec_len,
+  threads, steps, warmup, dtype, step_s (mean over the timed steps), step_s_min, fwd_bwd_s,
+  optimizer_s, tokens_per_s = B*(Te+Td)/step_s (B*Td for Gemma 2), dec_tokens_per_s = B*Td/step_s,
+  loss (last step), peak_rss_mb (getrusage ru_maxrss of this process, MiB).
 Exit codes: 0 pass, 1 mismatch, 2 bad input (message names the file and field).
 """
 import argparse
