@@ -120,6 +120,9 @@ def safetensors_roundtrip():
         exp = np.array([1.0, 1.0, 1 + 2 ** -6, -2.5], np.float32)
         assert np.array_equal(r["bf16"][:4], exp), "bf16 rounding %s" % r["bf16"]
         assert abs(r["bf16"][4] - 3e38) / 3e38 < 2 ** -8 and abs(r["bf16"][5] - 1e-30) / 1e-30 < 2 ** -8
+        x = (rng.standard_normal(4096) * np.exp(rng.uniform(-20, 20, 4096))).astype(np.float32)
+        tb = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+        assert np.array_equal(st.f32_to_bf16_bits(x), tb), "bf16 rounding differs from torch's"
         # truncated file and bad dtype give errors naming the file
         raw = open(p, "rb").read()
         open(p, "wb").write(raw[:-3])
