@@ -164,7 +164,7 @@ Objective *obj_prefixlm_new(const PrefixLMOptions *opt, const ObjSpecials *sp, D
  *              / nonnoise_span_to_unique_sentinel)
  *    Sentinels: specials.sentinels[i] for span i. Gemma has no <extra_id_*>; the default names are
  *    <unused0>, <unused1>, ... (spec 4.3: the T5Gemma choice is unknown). When a row has more spans
- *    than sentinels (Gemma has 99 <unusedN>; (3, 0.15) at 8192 tokens makes ~450 spans) the
+ *    than sentinels (Gemma 2 has 100 <unusedN>; (3, 0.15) at 8192 tokens makes ~450 spans) the
  *    sentinels repeat cyclically: span i uses sentinels[i mod n_sentinels]. The pairing stays
  *    unambiguous by order, and the denoiser's span statistics stay exactly as configured.
  *  - suffix denoiser (S-denoiser, r): the noise is the single span of the last
@@ -321,6 +321,33 @@ SftOptions obj_sft_defaults(int Te, int Td);
 /* data and enc must outlive the builder. */
 Objective *obj_sft_new(const SftOptions *opt, const SftData *data, SftEncoder enc,
                        const ObjSpecials *sp, uint64_t seed);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Glue to the tokenizer and the shard reader (data/obj_glue.c)                                  */
+
+typedef struct Tokenizer Tokenizer;
+typedef struct ShardReader ShardReader;
+
+/* Fill *sp from the tokenizer by name: <pad>, <eos>, <bos> (required), <start_of_turn>,
+ * <end_of_turn> (-1 when absent), and sentinels: the ids of sentinel_fmt % 0, 1, 2, ... (a printf
+ * format with one %d; NULL = "<unused%d>", T5 vocabularies use "<extra_id_%d>") while they exist,
+ * at most max_sentinels, into sentinel_ids[] (caller-owned; sp->sentinels points to it). Returns the
+ * number of sentinels found (0 when max_sentinels = 0) or -1 with t5g_error() naming the missing
+ * piece and the tokenizer file. */
+int obj_specials_from_tokenizer(const Tokenizer *t, const char *sentinel_fmt, int32_t *sentinel_ids,
+                                int max_sentinels, ObjSpecials *sp);
+/* Resolve the mode_name of each denoiser to mode_token. -1 with t5g_error() when a name is not a
+ * piece of the vocabulary (Gemma has no [R]/[S]/[X]; an <unusedN> piece can serve). */
+int obj_resolve_modes(Ul2Denoiser *d, int n, const Tokenizer *t);
+/* SftEncoder over tokenizer_encode(t, text, len, add_bos 0, add_eos 0, parse_special 0). */
+SftEncoder sft_encoder_tokenizer(const Tokenizer *t);
+/* DocSeeker over the shard reader's resume state: tell = shard_reader_get_state (the state after
+ * the last document returned, i.e. the position of the next one), seek = shard_reader_set_state.
+ * pos[0..5] = seed, epoch, base, position, rank, world_size. A builder state saved at one world
+ * size holds that rank's reader state (ObjState v[8..13]); resuming at another world size needs
+ * shard_state_resplit, which only continues at document boundaries (the partly used document of
+ * the state is then dropped). */
+DocSeeker obj_shard_seeker(ShardReader *r);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Batch assembly, state                                                                        */
