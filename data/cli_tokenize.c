@@ -89,12 +89,14 @@ static void tokenize_usage(FILE *f) {
     "  --jsonl FIELD      input lines are JSON objects holding the document in string FIELD;\n"
     "                     output lines are {\"ids\":[...]}. Without it, every input line is one\n"
     "                     document and every output line is its space-separated ids.\n"
-    "  --stats            print documents, bytes, tokens and encoding speed (MB/s) on stderr\n");
+    "  --stats            print documents, bytes, tokens and encoding speed (MB/s) on stderr\n"
+    "  --info             print the tokenizer's vocabulary size, hash and special-token ids as\n"
+    "                     one JSON line, then exit\n");
 }
 
 int cmd_tokenize(int argc, char **argv) {
   const char *tok_path = NULL, *field = NULL;
-  int bos = 0, eos = 0, parse_special = 0, stats = 0;
+  int bos = 0, eos = 0, parse_special = 0, stats = 0, info = 0;
   const char **files = t5g_calloc((size_t)argc + 1, sizeof(char *));
   int nfiles = 0;
   for (int i = 1; i < argc; i++) {
@@ -106,6 +108,7 @@ int cmd_tokenize(int argc, char **argv) {
     else if (strcmp(a, "--eos") == 0) eos = 1;
     else if (strcmp(a, "--parse-special") == 0) parse_special = 1;
     else if (strcmp(a, "--stats") == 0) stats = 1;
+    else if (strcmp(a, "--info") == 0) info = 1;
     else if (a[0] == '-' && a[1] != 0) {
       fprintf(stderr, "t5gemma tokenize: unknown or incomplete option '%s'\n\n", a);
       tokenize_usage(stderr); free(files); return 2;
@@ -115,6 +118,21 @@ int cmd_tokenize(int argc, char **argv) {
   if (nfiles == 0) files[nfiles++] = "-";
   Tokenizer *t = tokenizer_load(tok_path);
   if (!t) { fprintf(stderr, "t5gemma tokenize: %s\n", t5g_last_error()); free(files); return 1; }
+  if (info) {
+    TokenizerSpecials sp = tokenizer_specials(t);
+    OutBuf ib = {0};
+    ob_put(&ib, "{\"path\":", 8);
+    ob_json_string(&ib, tokenizer_path(t), strlen(tokenizer_path(t)));
+    char tmp[512];
+    snprintf(tmp, sizeof tmp, ",\"vocab_size\":%d,\"hash\":\"%016llx\",\"pad\":%d,\"eos\":%d,\"bos\":%d,\"unk\":%d,"
+             "\"mask\":%d,\"start_of_turn\":%d,\"end_of_turn\":%d,\"unused0\":%d}\n",
+             tokenizer_vocab_size(t), (unsigned long long)tokenizer_hash(t), sp.pad, sp.eos, sp.bos, sp.unk, sp.mask,
+             sp.start_of_turn, sp.end_of_turn, sp.unused0);
+    ob_put(&ib, tmp, strlen(tmp));
+    int rc = ob_flush(&ib) ? 1 : 0;
+    free(ib.b); free(files); tokenizer_free(t);
+    return rc;
+  }
 
   OutBuf ob = {0};
   char *line = NULL; size_t lcap = 0;

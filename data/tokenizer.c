@@ -131,8 +131,10 @@ typedef struct { int active; char *pat; size_t plen; int behavior; } PreTok;
 enum { DEC_REPLACE = 1, DEC_BYTE_FALLBACK, DEC_FUSE, DEC_STRIP };
 typedef struct { int type; char *pat; size_t plen; char *rep; size_t rlen; int start, stop; } DecOp;
 
-typedef struct { uint64_t key; int32_t rank, new_id; } MergeSlot;
-#define MERGE_EMPTY UINT64_MAX
+/* Merge table slot, one 64-bit word: ((a * n_vocab + b) + 1) << rank_bits | rank; 0 = empty.
+ * 8 bytes per slot keeps Gemma's 580k merges in an 8 MiB table (cache-friendly); the merged id
+ * is merge_new[rank]. */
+typedef uint64_t MergeSlot;
 
 struct Tokenizer {
   int backend;
@@ -146,6 +148,8 @@ struct Tokenizer {
   int32_t *slots; uint64_t slot_mask;   /* piece -> id open-addressing table */
   /* tokenizer.json BPE model */
   MergeSlot *merges; uint64_t merge_mask; int64_t n_merges;
+  int rank_bits; uint64_t rank_mask;
+  int32_t *merge_new;     /* rank -> id of the merged piece */
   int32_t *merge_pairs;   /* 2 * n_merges ids in rank order (hash) */
   int byte_fallback, fuse_unk, ignore_merges;
   int32_t unk_id;
@@ -211,21 +215,25 @@ static void vocab_index(Tokenizer *t) {
 }
 
 static inline int merge_get(const Tokenizer *t, int32_t a, int32_t b, int32_t *rank, int32_t *new_id) {
-  uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+  uint64_t key = (uint64_t)a * (uint64_t)t->n_vocab + (uint64_t)b + 1;
   uint64_t h = mix64(key) & t->merge_mask;
   for (;;) {
-    const MergeSlot *m = &t->merges[h];
-    if (m->key == key) { *rank = m->rank; *new_id = m->new_id; return 1; }
-    if (m->key == MERGE_EMPTY) return 0;
+    MergeSlot m = t->merges[h];
+    if (m == 0) return 0;
+    if ((m >> t->rank_bits) == key) {
+      *rank = (int32_t)(m & t->rank_mask);
+      *new_id = t->merge_new[*rank];
+      return 1;
+    }
     h = (h + 1) & t->merge_mask;
   }
 }
-static void merge_put(Tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t new_id) {
-  uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+static void merge_put(Tokenizer *t, int32_t a, int32_t b, int32_t rank) {
+  uint64_t key = (uint64_t)a * (uint64_t)t->n_vocab + (uint64_t)b + 1;
   uint64_t h = mix64(key) & t->merge_mask;
-  while (t->merges[h].key != MERGE_EMPTY && t->merges[h].key != key) h = (h + 1) & t->merge_mask;
+  while (t->merges[h] != 0 && (t->merges[h] >> t->rank_bits) != key) h = (h + 1) & t->merge_mask;
   /* a repeated pair keeps the later rank, as tokenizers' HashMap collect does */
-  t->merges[h] = (MergeSlot){key, rank, new_id};
+  t->merges[h] = (key << t->rank_bits) | (uint64_t)rank;
 }
 
 /* ------------------------------------------------------------------------------------------- */
@@ -656,7 +664,7 @@ const char *tokenizer_id_to_piece(const Tokenizer *t, int id) {
 void tokenizer_free(Tokenizer *t) {
   if (!t) return;
   free(t->path); free(t->arena); free(t->off); free(t->plen); free(t->flags); free(t->byte_val);
-  free(t->slots); free(t->merges); free(t->merge_pairs);
+  free(t->slots); free(t->merges); free(t->merge_new); free(t->merge_pairs);
   free(t->raw_trie.nodes); free(t->norm_trie.nodes); free(t->special_trie.nodes);
   for (int k = 0; k < t->n_norm; k++) { free(t->norm[k].pat); free(t->norm[k].rep); }
   free(t->norm);
@@ -936,10 +944,17 @@ static Tokenizer *load_json(const char *path) {
     int64_t nm = cJSON_GetArraySize(merges);
     t->n_merges = nm;
     uint64_t cap = 1;
-    while (cap < (uint64_t)nm * 2 + 16) cap <<= 1;
+    while (cap < (uint64_t)nm + (uint64_t)nm * 3 / 4 + 16) cap <<= 1;   /* load <= 4/7 */
     t->merge_mask = cap - 1;
-    t->merges = t5g_malloc(cap * sizeof(MergeSlot));
-    for (uint64_t i = 0; i < cap; i++) t->merges[i].key = MERGE_EMPTY;
+    t->merges = t5g_calloc(cap, sizeof(MergeSlot));
+    t->rank_bits = 1;
+    while (((int64_t)1 << t->rank_bits) < nm) t->rank_bits++;
+    t->rank_mask = ((uint64_t)1 << t->rank_bits) - 1;
+    int key_bits = 1;
+    while (key_bits < 64 && ((uint64_t)1 << key_bits) <= (uint64_t)n * (uint64_t)n) key_bits++;
+    if (key_bits + t->rank_bits > 64)
+      FAIL("%s: %d pieces and %lld merges are too many for the merge table", path, n, (long long)nm);
+    t->merge_new = t5g_malloc((size_t)(nm + 1) * sizeof(int32_t));
     t->merge_pairs = t5g_malloc((size_t)(2 * nm + 1) * sizeof(int32_t));
     size_t tmpcap = 256; tmp = t5g_malloc(tmpcap);
     int64_t rank = 0;
@@ -964,7 +979,8 @@ static Tokenizer *load_json(const char *path) {
         FAIL("%s: field \"model.merges\"[%lld]: piece \"%s\" is not in the vocabulary", path, (long long)rank,
              ia < 0 ? a : ib < 0 ? b : tmp);
       }
-      merge_put(t, ia, ib, (int32_t)rank, inew);
+      merge_put(t, ia, ib, (int32_t)rank);
+      t->merge_new[rank] = inew;
       t->merge_pairs[2 * rank] = ia; t->merge_pairs[2 * rank + 1] = ib;
       rank++;
     }
