@@ -33,6 +33,10 @@
  * gradient of the mean token loss of the accumulated batch; the optimizer neither divides by the
  * number of micro-batches nor by the token count. The caller zeroes ps->grad (params_zero_grad)
  * after the step. The gradients of frozen entries are ignored.
+ * Data parallelism: with a SUM allreduce each rank divides by the global token count; with a
+ * MEAN allreduce (dist_allreduce_mean, dist_reduce_scatter_mean) each rank must divide by
+ * global_tokens / world instead, so that the mean of the ranks' gradients is again the gradient
+ * of the mean token loss of the global batch.
  *
  * One training step:
  *     int nonfinite;

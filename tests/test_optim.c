@@ -8,6 +8,7 @@
 #include <omp.h>
 #include "tests/check.h"
 #include "model/params.h"
+#include "model/ops.h"
 #include "model/rng.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
@@ -327,6 +328,72 @@ TEST(accumulation_equals_big_batch) {
   CHECK_MSG(maxw > 1e-3, "the wrongly normalised run should differ (max |diff| %.3g): test not sensitive", maxw);
   adamw_free(&ob); adamw_free(&oa); adamw_free(&ow);
   params_free(&big); params_free(&acc); params_free(&wrong);
+}
+
+/* The same contract through the engine: a tiny LM, h = x W^T, loss = softcap CE against the tied
+ * matrix E (op_linear, op_softcap_ce), with ignored (-100) labels so the micro-batches have
+ * unequal token counts. Each micro-batch loss uses normalizer = target tokens of the whole
+ * batch; graph_backward accumulates into ps->grad. Must equal the single big batch. */
+#define EN_IN 8
+#define EN_D 6
+#define EN_V 11
+#define EN_N 14
+static void engine_lm_grad(ParamStore *ps, Graph *g, const float *x, const int32_t *labels, int r0, int r1,
+                           float normalizer) {
+  graph_reset(g);
+  Tensor *xt = tensor_wrap(g, "x", (float *)x + r0 * EN_IN, 2, (int64_t[]){r1 - r0, EN_IN});
+  Tensor *h = op_linear(g, xt, &ps->e[0].t);
+  Tensor *loss = op_softcap_ce(g, h, &ps->e[1].t, labels + r0, 30.0f, normalizer, NULL, NULL);
+  graph_backward(g, loss);
+}
+
+TEST(accumulation_through_engine_loss) {
+  ParamStore big, acc;
+  for (int k = 0; k < 2; k++) {
+    ParamStore *ps = k ? &acc : &big;
+    params_init(ps);
+    params_add(ps, "model.layers.0.mlp.up_proj.weight", 2, (int64_t[]){EN_D, EN_IN}, PG_MATRIX);
+    params_add(ps, "model.embed_tokens.weight", 2, (int64_t[]){EN_V, EN_D}, PG_EMBED);
+    params_finalize(ps);
+    Rng r; rng_seed(&r, 12);
+    for (int64_t q = 0; q < ps->n_total; q++) ps->data[q] = (float)(0.5 * rng_normal(&r));
+  }
+  Arena arena; arena_init(&arena, 1 << 20);
+  Graph g; graph_init(&g, &arena);
+  AdamWConfig cfg; adamw_config_default(&cfg);
+  cfg.decay_embed = 1;
+  AdamW ob, oa;
+  CHECK(adamw_init(&ob, &big, &cfg, 0, big.n_total) == 0);
+  CHECK(adamw_init(&oa, &acc, &cfg, 0, acc.n_total) == 0);
+  const int cuts[] = {0, 4, 10, 14};
+  Rng r; rng_seed(&r, 13);
+  for (int s = 0; s < 4; s++) {
+    float x[EN_N * EN_IN];
+    int32_t labels[EN_N];
+    int ntok = 0;
+    for (int k = 0; k < EN_N * EN_IN; k++) x[k] = (float)rng_normal(&r);
+    for (int k = 0; k < EN_N; k++) {
+      labels[k] = (k % 3 == 1 || k < 2) ? -100 : (int32_t)rng_below(&r, EN_V);  /* micro-batches: 2, 4, 3 tokens */
+      ntok += labels[k] != -100;
+    }
+    params_zero_grad(&big); params_zero_grad(&acc);
+    engine_lm_grad(&big, &g, x, labels, 0, EN_N, (float)ntok);
+    for (int mb = 0; mb < 3; mb++) engine_lm_grad(&acc, &g, x, labels, cuts[mb], cuts[mb + 1], (float)ntok);
+    double gmax = 0;
+    for (int64_t k = 0; k < big.n_total; k++) {
+      CHECK_CLOSE_REL(acc.grad[k], big.grad[k], 1e-5, 1e-7);
+      gmax = fmax(gmax, fabs(big.grad[k]));
+    }
+    CHECK(gmax > 1e-3);  /* the gradient is not trivially zero */
+    adamw_clip_grad_norm(&big, cfg.max_grad_norm, NULL);
+    adamw_clip_grad_norm(&acc, cfg.max_grad_norm, NULL);
+    adamw_step(&ob, &big, 1e-2);
+    adamw_step(&oa, &acc, 1e-2);
+  }
+  for (int64_t k = 0; k < big.n_total; k++) CHECK_CLOSE_REL(acc.data[k], big.data[k], 1e-5, 1e-6);
+  graph_free(&g); arena_free(&arena);
+  adamw_free(&ob); adamw_free(&oa);
+  params_free(&big); params_free(&acc);
 }
 
 TEST(adamw_config_checks) {
