@@ -1,5 +1,6 @@
 /* model.c: Gemma 2 and T5Gemma forward passes on the engine (see model.h; spec 1-2). */
 #include "model/model.h"
+#include "model/hf_io.h"
 #include "model/rng.h"
 #include <math.h>
 #include <stdlib.h>
@@ -324,4 +325,12 @@ Tensor *model_loss(Model *m, Graph *g, const Batch *b, float normalizer, LossSta
   if (dec_hidden) *dec_hidden = h;
   return op_softcap_ce(g, h, m->dec.embed, b->labels, m->cfg.dec.final_logit_softcapping,
                        normalizer > 0 ? normalizer : 1.0f, row_nll, st);
+}
+
+int model_load_dir(Model *m, const char *dir) {
+  ModelConfig cfg;
+  if (config_load(dir, &cfg) != 0) return -1;
+  if (model_init(m, &cfg) != 0) return -1;
+  if (hf_load_params(&m->ps, dir) != 0) { model_free(m); return -1; }
+  return 0;
 }

@@ -95,4 +95,9 @@ static inline float model_final_softcap(const Model *m) { return m->cfg.dec.fina
 /* The HF name prefix of a stack: "model." (Gemma 2), "model.encoder." or "model.decoder.". */
 const char *model_stack_prefix(const Model *m, int encoder);
 
+
+
+/* Load a Hugging Face checkpoint directory (config.json + safetensors, Gemma 2 or T5Gemma):
+ * config_load, model_init, hf_load_params. -1 with t5g_error naming the file/tensor. */
+int model_load_dir(Model *m, const char *dir);
 #endif
