@@ -232,6 +232,36 @@ TEST(legacy_and_new_names) {
   CHECK(c.bos_token_id == 5 && c.pad_token_id == 7 && c.eos_token_id == 1);
 }
 
+/* Configs as published on the Hub (gemma-2-2b style, and a T5Gemma 2B module with an eos list). */
+TEST(hub_style_configs) {
+  const char *g =
+    "{\"architectures\": [\"Gemma2ForCausalLM\"], \"attention_bias\": false, \"attention_dropout\": 0.0,"
+    " \"attn_logit_softcapping\": 50.0, \"bos_token_id\": 2, \"cache_implementation\": \"hybrid\", \"eos_token_id\": [1, 107],"
+    " \"final_logit_softcapping\": 30.0, \"head_dim\": 256, \"hidden_act\": \"gelu_pytorch_tanh\","
+    " \"hidden_activation\": \"gelu_pytorch_tanh\", \"hidden_size\": 2304, \"initializer_range\": 0.02,"
+    " \"intermediate_size\": 9216, \"max_position_embeddings\": 8192, \"model_type\": \"gemma2\","
+    " \"num_attention_heads\": 8, \"num_hidden_layers\": 26, \"num_key_value_heads\": 4, \"pad_token_id\": 0,"
+    " \"query_pre_attn_scalar\": 256, \"rms_norm_eps\": 1e-06, \"rope_theta\": 10000.0, \"sliding_window\": 4096,"
+    " \"torch_dtype\": \"bfloat16\", \"transformers_version\": \"4.42.4\", \"use_cache\": true, \"vocab_size\": 256000}";
+  ModelConfig c;
+  CHECK_MSG(config_parse(g, "hub/gemma-2-2b/config.json", &c) == 0, "%s", t5g_last_error());
+  CHECK_STR(c.name, "gemma-2-2b");
+  CHECK(c.eos_token_id == 1);
+  CHECK(dims_match(&c.dec, D_2B, 256000, 4096, 8192));
+  const char *t =
+    "{\"model_type\": \"t5gemma\", \"is_encoder_decoder\": true, \"vocab_size\": 256000, \"encoder\": {"
+    " \"attention_bias\": false, \"attention_dropout\": 0.0, \"attn_logit_softcapping\": 50.0, \"classifier_dropout_rate\": 0.0,"
+    " \"dropout_rate\": 0.0, \"final_logit_softcapping\": 30.0, \"head_dim\": 256, \"hidden_activation\": \"gelu_pytorch_tanh\","
+    " \"hidden_size\": 2304, \"initializer_range\": 0.02, \"intermediate_size\": 9216, \"max_position_embeddings\": 8192,"
+    " \"model_type\": \"t5_gemma_module\", \"num_attention_heads\": 8, \"num_hidden_layers\": 26, \"num_key_value_heads\": 4,"
+    " \"query_pre_attn_scalar\": 256, \"rms_norm_eps\": 1e-06, \"rope_theta\": 10000.0, \"sliding_window\": 4096,"
+    " \"torch_dtype\": \"bfloat16\", \"vocab_size\": 256000, \"pad_token_id\": 0, \"eos_token_id\": [1, 107]}}";
+  CHECK_MSG(config_parse(t, "hub/t5gemma-2b-2b/config.json", &c) == 0, "%s", t5g_last_error());
+  CHECK(dims_match(&c.enc, D_2B, 256000, 4096, 8192) && dims_match(&c.dec, D_2B, 256000, 4096, 8192));
+  CHECK_EQ_INT(c.dec.cross_attention_hidden_size, 2304);
+  CHECK(c.eos_token_id == 1 && c.pad_token_id == 0 && c.bos_token_id == 2);
+}
+
 /* ---- refusals ---------------------------------------------------------------------------- */
 
 /* Load a preset's JSON, apply `edit` (a JSON object merged key by key into the root or into
