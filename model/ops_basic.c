@@ -18,6 +18,7 @@
  *  - Forward bodies are timed with OP_PROFILE_BEGIN/END; backward time is attributed by
  *    graph_backward() from the node's OpKind.
  */
+#define _GNU_SOURCE   /* sincosf */
 #include "model/ops.h"
 #include "model/rng.h"
 #include "model/runtime.h"
@@ -482,9 +483,7 @@ Tensor *op_rope(Graph *g, Tensor *x, const int32_t *pos, float theta) {
   for (int64_t r = 0; r < rows; r++) {
     const float pf = (float)pos[r];
     for (int64_t i = 0; i < half; i++) {
-      const float ang = pf * inv[i];
-      cos_t[r * half + i] = cosf(ang);
-      sin_t[r * half + i] = sinf(ang);
+      sincosf(pf * inv[i], &sin_t[r * half + i], &cos_t[r * half + i]);
     }
   }
   #pragma omp parallel for schedule(static) if (x->n >= PAR_MIN)
