@@ -512,7 +512,11 @@ DatasetIndex *dataset_index_load(const char *dir) {
   char *path = t5g_path_join(dir, "index.json");
   size_t len;
   char *text = t5g_read_file(path, &len);
-  if (!text) { t5g_error("%s: cannot read the dataset index (is %s a dataset made by `t5gemma data prepare`?)", path, dir); free(path); return NULL; }
+  if (!text) {
+    char why[1024]; snprintf(why, sizeof why, "%s", t5g_last_error());
+    t5g_error("%s (is %s a dataset made by `t5gemma data prepare`?)", why, dir);
+    free(path); return NULL;
+  }
   cJSON *root = cJSON_ParseWithLength(text, len);
   long err_at = -1;
   if (!root) { const char *ep = cJSON_GetErrorPtr(); err_at = ep && ep >= text && ep <= text + len ? (long)(ep - text) : -1; }
@@ -756,13 +760,14 @@ static int shard_frame_load(const ShardFile *s, int64_t f, ZSTD_DCtx *dctx, uint
                             uint32_t **out, size_t *ocap, int64_t vocab) {
   const FrameEnt *e = &s->frames[f];
   if (e->csize > *ccap) { *cbuf = t5g_realloc(*cbuf, e->csize); *ccap = e->csize; }
-  if (e->ntok > *ocap) { *out = t5g_realloc(*out, e->ntok * 4); *ocap = e->ntok; }
   if (read_full(s->fd, *cbuf, e->csize, (int64_t)e->off, s->path)) return -1;
   size_t raw = e->ntok * 4;
+  /* the frame's own header must agree with the table before the output buffer is sized */
   unsigned long long cs = ZSTD_getFrameContentSize(*cbuf, e->csize);
   if (cs == ZSTD_CONTENTSIZE_ERROR || cs != raw || ZSTD_findFrameCompressedSize(*cbuf, e->csize) != e->csize)
     return t5g_error("%s: frame %lld (bytes %llu..%llu): not a zstd frame holding %llu tokens (corrupted frame)", s->path, (long long)f,
                      (unsigned long long)e->off, (unsigned long long)(e->off + e->csize), (unsigned long long)e->ntok);
+  if (e->ntok > *ocap) { *out = t5g_realloc(*out, e->ntok * 4); *ocap = e->ntok; }
   size_t r = ZSTD_decompressDCtx(dctx, *out, raw, *cbuf, e->csize);
   if (ZSTD_isError(r)) return t5g_error("%s: frame %lld (bytes %llu..%llu): zstd: %s (corrupted frame)", s->path, (long long)f,
                                         (unsigned long long)e->off, (unsigned long long)(e->off + e->csize), ZSTD_getErrorName(r));
@@ -1104,8 +1109,8 @@ void shard_reader_close(ShardReader *r) {
 int shard_reader_check_tokenizer(const ShardReader *r, uint64_t hash, int64_t vocab) {
   const ShardTokenizerInfo *t = &r->ix->tok;
   if (t->hash != hash || t->vocab_size != vocab)
-    return t5g_error("%s/index.json: the dataset was tokenized with \"%s\" (hash %016llx, vocab %lld), but the model's tokenizer has hash %016llx, vocab %lld; re-run `t5gemma data prepare` with the model's tokenizer",
-                     r->ix->dir, t->name, (unsigned long long)t->hash, (long long)t->vocab_size, (unsigned long long)hash, (long long)vocab);
+    return t5g_error("%s/index.json: the dataset was tokenized with %s%s%s (hash %016llx, vocab %lld), but the expected tokenizer has hash %016llx, vocab %lld; re-run `t5gemma data prepare` with that tokenizer",
+                     r->ix->dir, t->name[0] ? "\"" : "", t->name[0] ? t->name : "no tokenizer (pre-tokenized ids)", t->name[0] ? "\"" : "", (unsigned long long)t->hash, (long long)t->vocab_size, (unsigned long long)hash, (long long)vocab);
   return 0;
 }
 const ShardTokenizerInfo *shard_reader_tokenizer(const ShardReader *r) { return &r->ix->tok; }
