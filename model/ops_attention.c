@@ -15,7 +15,8 @@
  * (causal / window geometry), and the whole score block S [R, khi-klo] is formed with one
  * sgemm (Q_blk K^T), soft-capped, masked, and normalised in one pass (exact two-pass softmax
  * over the row; there is no key-block loop, so no online rescaling is needed). Only one such
- * block per thread exists at a time; per-thread scratch is taken from the arena once per call.
+ * block per thread exists at a time; per-thread scratch is taken from the arena once per call
+ * (sized for the backward as well when the op is recorded, and reused by it).
  * OpenMP runs over (b, kv head, query block) tasks in the forward, and over (b, kv head, split)
  * units in the backward: a unit owns dK/dV of its (b, kv head) when there are enough pairs for
  * all threads; otherwise the pair's query blocks are split over several units that accumulate
@@ -38,7 +39,18 @@ typedef struct AttnCtx {
   int B, Tq, Tk, H, K, G, hd, bq, nqb;
   float *lse;          /* [B, H, Tq]; +INFINITY marks a row with no visible key */
   int need_q, need_k, need_v;
+  float *scratch;      /* per-thread scratch of the forward, reused by the backward */
+  int *iscratch;
+  int scratch_threads;
+  size_t scratch_per;  /* floats per thread */
 } AttnCtx;
+
+/* Floats of per-thread scratch: forward Qp, Op [R, hd] and S [R, Tk]; backward Qp, dOp, dQp
+ * [R, hd], S and dP [R, Tk] and D [R]. */
+static size_t scratch_floats(const AttnCtx *c, int backward) {
+  size_t R = (size_t)c->bq * c->G;
+  return backward ? R * c->hd * 3 + R * c->Tk * 2 + R : R * c->hd * 2 + R * c->Tk;
+}
 
 /* Rows of a block: R = bq * G. bq shrinks for large groups so the score block stays small. */
 static int block_queries(int G, int Tq) {
@@ -245,7 +257,7 @@ static void attn_backward_block(const AttnCtx *c, int b, int kvh, int qb, float 
 static void attn_backward(void *vctx) {
   AttnCtx *c = vctx;
   Graph *g = c->g;
-  if (!c->out->grad) return;
+  if (!c->out->grad || c->Tq == 0 || c->Tk == 0) return;
   if (c->need_q) tensor_grad(g, c->q);
   float *dk = c->need_k ? tensor_grad(g, c->k) : NULL;
   float *dv = c->need_v ? tensor_grad(g, c->v) : NULL;
@@ -254,21 +266,22 @@ static void attn_backward(void *vctx) {
   int nth = omp_get_max_threads();
   int nsplit = 1;
   if (nth > 1 && pairs % nth != 0) {
-    nsplit = (4 * nth + pairs - 1) / pairs;
+    nsplit = (2 * nth + pairs - 1) / pairs;
     if (nsplit > nqb) nsplit = nqb;
     if (nsplit < 1) nsplit = 1;
   }
   const int units = pairs * nsplit;
   if (nth > units) nth = units;
+  if (nth > c->scratch_threads) nth = c->scratch_threads;
   /* private dK/dV [units, Tk, hd] when a pair is split over several units */
   float *pk = NULL, *pv = NULL;
   if (nsplit > 1) {
     if (dk) pk = arena_calloc(g->arena, sizeof(float) * units * (size_t)Tk * hd);
     if (dv) pv = arena_calloc(g->arena, sizeof(float) * units * (size_t)Tk * hd);
   }
-  size_t per = (size_t)R * hd * 3 + (size_t)R * Tk * 2 + R;
-  float *scratch = arena_alloc(g->arena, sizeof(float) * per * nth);
-  int *iscratch = arena_alloc(g->arena, sizeof(int) * 2 * (size_t)c->bq * nth);
+  const size_t per = c->scratch_per;
+  float *scratch = c->scratch;
+  int *iscratch = c->iscratch;
   t5g_blas_single();
 #pragma omp parallel num_threads(nth)
   {
@@ -331,11 +344,16 @@ Tensor *op_attention(Graph *g, Tensor *q, Tensor *k, Tensor *v, const AttnMask *
   if (c->Tk == 0) memset(out->data, 0, sizeof(float) * out->n);
   if (c->Tq > 0 && c->Tk > 0) {
     const int R = c->bq * c->G, tasks = c->B * c->K * c->nqb;
+    /* one allocation per call, sized for the backward too when it will run */
+    const int record = tensor_needs_grad(g, q) || tensor_needs_grad(g, k) || tensor_needs_grad(g, v);
     int nth = omp_get_max_threads();
-    if (nth > tasks) nth = tasks;
-    size_t per = (size_t)R * c->hd * 2 + (size_t)R * c->Tk;
+    c->scratch_threads = nth;
+    if (!record && nth > tasks) nth = tasks;
+    const size_t per = scratch_floats(c, record);
     float *scratch = arena_alloc(g->arena, sizeof(float) * per * nth);
     int *iscratch = arena_alloc(g->arena, sizeof(int) * 2 * (size_t)c->bq * nth);
+    c->scratch = scratch; c->iscratch = iscratch; c->scratch_per = per;
+    if (nth > tasks) nth = tasks;
     t5g_blas_single();
 #pragma omp parallel num_threads(nth)
     {

@@ -51,6 +51,7 @@ typedef struct LossCtx {
   float *lseT;         /* [nrows] logsumexp(z / T) (distillation) */
   float *psum;         /* [nrows] Σ teacher probabilities (distillation) */
   int need_h, need_E, distill;
+  float *hc, *Z;       /* the forward's chunk buffers [CH, d], [CH, V], reused by the backward */
 } LossCtx;
 
 static void gather_rows(const float *h, int64_t d, const int32_t *rows, int64_t n, float *dst) {
@@ -71,17 +72,35 @@ static inline float row_max(const float *z, int64_t V) {
   return m;
 }
 
-/* log Σ exp(z_j · s) with m = max_j z_j · s (s > 0), sum in double. */
+/* log Σ exp(z_j · s) with m = max_j z_j · s (s > 0). Blocks of 4096 are summed in 16 float
+ * lanes (vectorised without reassociating a scalar sum), blocks are added in double. */
 static inline double row_lse(const float *z, int64_t V, float s, float m) {
-  double acc = 0.0;
-  if (s == 1.0f) {
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < V; j++) acc += (double)t5g_vexp(z[j] - m);
-  } else {
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < V; j++) acc += (double)t5g_vexp(z[j] * s - m);
+  double total = 0.0;
+  int64_t j = 0;
+  while (j < V) {
+    const int64_t e = V - j > 4096 ? j + 4096 : V;
+    float acc[16] = {0};
+    for (; j + 16 <= e; j += 16)
+      for (int l = 0; l < 16; l++) acc[l] += t5g_vexp(z[j + l] * s - m);
+    double blk = 0.0;
+    for (; j < e; j++) blk += t5g_vexp(z[j] * s - m);
+    for (int l = 0; l < 16; l++) blk += acc[l];
+    total += blk;
   }
-  return (double)m + log(acc);
+  return (double)m + log(total);
+}
+
+/* First index j with z[j] == m (torch.argmax semantics); m must occur in z. */
+static inline int64_t first_index_of(const float *z, int64_t V, float m) {
+  int64_t j = 0;
+  for (; j + 16 <= V; j += 16) {
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int l = 0; l < 16; l++) hit |= z[j + l] == m;
+    if (hit) break;
+  }
+  while (z[j] != m) j++;
+  return j;
 }
 
 static void ce_backward(void *vctx) {
@@ -93,9 +112,8 @@ static void ce_backward(void *vctx) {
   const int64_t V = c->V, d = c->d, nr = c->nrows, CH = chunk_rows(V);
   float *dh = c->need_h ? tensor_grad(g, c->h) : NULL;
   float *dE = c->need_E ? tensor_grad(g, c->E) : NULL;
-  float *hc = arena_alloc(g->arena, sizeof(float) * CH * d);
+  float *hc = c->hc, *Z = c->Z;
   float *dhc = dh ? arena_alloc(g->arena, sizeof(float) * CH * d) : NULL;
-  float *Z = arena_alloc(g->arena, sizeof(float) * CH * V);
   const int k = c->k;
   const int topk = c->distill && c->t_ids;
   int nth = omp_get_max_threads();
@@ -193,8 +211,10 @@ static Tensor *ce_forward(Graph *g, Tensor *h, Tensor *E, const int32_t *labels,
   T5G_ASSERT(nr == 0 || normalizer > 0);
 
   const int64_t CH = chunk_rows(V);
-  float *hc = arena_alloc(g->arena, sizeof(float) * CH * d);
-  float *Z = arena_alloc(g->arena, sizeof(float) * CH * V);
+  const int64_t CHn = nr < CH ? nr : CH;   /* no larger than needed */
+  float *hc = nr ? arena_alloc(g->arena, sizeof(float) * CHn * d) : NULL;
+  float *Z = nr ? arena_alloc(g->arena, sizeof(float) * CHn * V) : NULL;
+  c->hc = hc; c->Z = Z;
   double *rl = arena_alloc(g->arena, sizeof(double) * CH);
   double *rn = arena_alloc(g->arena, sizeof(double) * CH);
   int8_t *rc = arena_alloc(g->arena, CH);
@@ -213,8 +233,7 @@ static Tensor *ce_forward(Graph *g, Tensor *h, Tensor *E, const int32_t *labels,
       const int lab = labels[row];
       cap_row(z, V, cap);
       const float m = row_max(z, V);
-      int64_t am = 0;
-      while (z[am] != m) am++;                 /* first index of the maximum (torch.argmax) */
+      const int64_t am = first_index_of(z, V, m);
       const double lse = row_lse(z, V, 1.0f, m);
       const double nll = lse - (double)z[lab];
       c->lse[c0 + r] = (float)lse;
