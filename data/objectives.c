@@ -107,7 +107,7 @@ struct Objective {
   SftOptions sft;
   const SftData *data;
   SftEncoder enc;
-  int64_t n_ex, epoch, idx, *perm, perm_epoch;
+  int64_t n_ex, per_rank, epoch, idx, *perm, perm_epoch;  /* idx: this rank's position k */
   SftConv conv;
   int32_t *sids; uint8_t *strain;
   /* scratch */
@@ -604,7 +604,7 @@ static int ul2_row(Objective *o, Batch *b, int r, int *ne, int *nd) {
 
 SftOptions obj_sft_defaults(int Te, int Td) {
   SftOptions s = { .Te = Te, .Td = Td, .encdec = Te > 0, .eos_after_eot = 1, .shuffle = 1,
-                   .epochs = 0, .skip_long = 0 };
+                   .epochs = 0, .skip_long = 0, .rank = 0, .world_size = 1 };
   return s;
 }
 
@@ -623,13 +623,22 @@ Objective *obj_sft_new(const SftOptions *opt, const SftData *data, SftEncoder en
     return NULL;
   }
   if (opt->epochs < 0) { t5g_error("SFT: epochs = %d (expected >= 0)", opt->epochs); return NULL; }
+  if (opt->world_size < 1 || opt->rank < 0 || opt->rank >= opt->world_size) {
+    t5g_error("SFT: rank %d of world size %d (expected 0 <= rank < world_size)", opt->rank, opt->world_size);
+    return NULL;
+  }
   int64_t n = sft_count(data);
-  if (n < 1) { t5g_error("SFT: %s has no examples", sft_path(data)); return NULL; }
+  if (n < opt->world_size) {
+    t5g_error("SFT: %s has %lld examples, fewer than the %d data-parallel ranks", sft_path(data),
+              (long long)n, opt->world_size);
+    return NULL;
+  }
   Objective *o = obj_new_common(OBJ_SFT, opt->Te, opt->Td, sp, seed, 1);
   o->sft = *opt;
   o->data = data;
   o->enc = enc;
   o->n_ex = n;
+  o->per_rank = n / opt->world_size;
   o->perm = t5g_malloc(sizeof(int64_t) * n);
   o->perm_epoch = -1;
   int64_t cap = (int64_t)opt->Td + 1;
@@ -706,14 +715,15 @@ static int sft_place(Objective *o, const SftConv *c, Batch *b, int r, int *ne, i
 
 static int sft_row(Objective *o, Batch *b, int r, int *ne, int *nd) {
   for (int64_t skipped = 0;;) {
-    if (o->idx >= o->n_ex) { o->epoch++; o->idx = 0; }
+    if (o->idx >= o->per_rank) { o->epoch++; o->idx = 0; }
     if (o->sft.epochs > 0 && o->epoch >= o->sft.epochs) return 0;
     sft_make_perm(o);
-    int64_t ex = o->perm[o->idx++];
+    int64_t ex = o->perm[o->sft.rank + o->idx * o->sft.world_size];
+    o->idx++;
     if (sft_render(o->data, ex, o->enc, &o->sp, o->sft.eos_after_eot, &o->conv) < 0) return -1;
     int rc = sft_place(o, &o->conv, b, r, ne, nd);
     if (rc == 1) return 1;
-    if (++skipped >= o->n_ex)
+    if (++skipped >= o->per_rank)
       return t5g_error("SFT: %s: %lld examples in a row were skipped as too long for Te = %d, "
                        "Td = %d (skip_long = 0 truncates instead)", sft_path(o->data),
                        (long long)skipped, o->Te, o->Td);
@@ -785,6 +795,7 @@ int obj_save(const Objective *o, ObjState *st) {
   st->v[2] = o->rows;
   if (o->kind == OBJ_SFT) {
     st->v[3] = o->epoch; st->v[4] = o->idx; st->v[5] = o->n_ex;
+    st->v[6] = o->sft.rank; st->v[7] = o->sft.world_size;
     return 0;
   }
   const TokStream *s = &o->ts;
@@ -811,9 +822,13 @@ int obj_restore(Objective *o, const ObjState *st) {
     if (st->v[5] != o->n_ex)
       return t5g_error("SFT: resume state was saved with %lld examples, %s has %lld",
                        (long long)st->v[5], sft_path(o->data), (long long)o->n_ex);
-    if (st->v[3] < 0 || st->v[4] < 0 || st->v[4] > o->n_ex)
+    if (st->v[7] != o->sft.world_size)
+      return t5g_error("SFT: resume state was saved by rank %lld of %lld ranks; this builder is rank "
+                       "%d of %d (resuming SFT at another world size is not supported)",
+                       (long long)st->v[6], (long long)st->v[7], o->sft.rank, o->sft.world_size);
+    if (st->v[3] < 0 || st->v[4] < 0 || st->v[4] > o->per_rank)
       return t5g_error("SFT: resume state has epoch %lld, index %lld (expected index in [0, %lld])",
-                       (long long)st->v[3], (long long)st->v[4], (long long)o->n_ex);
+                       (long long)st->v[3], (long long)st->v[4], (long long)o->per_rank);
     o->epoch = st->v[3]; o->idx = st->v[4]; o->perm_epoch = -1;
     return 0;
   }

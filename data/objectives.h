@@ -28,6 +28,11 @@
  * specials and seed over the same source. The checkpoint stores the ObjState only: the source
  * position is inside it.
  *
+ * The seed drives the builder's Rng (UL2 denoiser choice and noise masks, random PrefixLM splits,
+ * SFT epoch permutations). With data parallelism, stream builders of different ranks read
+ * different documents (their readers are rank-sharded) and should get different seeds
+ * (e.g. seed + rank); SFT builders share one seed and shard by SftOptions.rank.
+ *
  * All functions return 0 / 1 on success and -1 after t5g_error() on bad input; none aborts on bad
  * data.
  */
@@ -74,7 +79,8 @@ typedef struct DocSeeker {
  *   [3] have a current document (0/1)          [4] offset inside the current decorated document
  *   [5] length of the current raw document     [6] documents read   [7] source exhausted (0/1)
  *   [8..15] source position of the current document (DocSeeker tell)
- *   SFT instead uses [3] epoch, [4] index inside the epoch, [5] number of examples.
+ *   SFT instead uses [3] epoch, [4] this rank's index inside the epoch, [5] number of examples,
+ *   [6] rank, [7] world size.
  *   [16..23] reserved, 0. */
 #define OBJ_STATE_LEN 24
 typedef struct ObjState { int64_t v[OBJ_STATE_LEN]; } ObjState;
@@ -292,7 +298,8 @@ void sft_conv_free(SftConv *c);
 
 /* SFT builder: one conversation per row, examples in file order or shuffled per epoch (a fresh
  * permutation per epoch from (seed, epoch)); epochs = 0 cycles forever, else stops after that
- * many passes (then obj_next_batch returns 0).
+ * many passes (then obj_next_batch returns 0). With data parallelism every rank passes the same
+ * seed and its own rank (SftOptions.rank / world_size).
  *  - encdec = 1 (T5Gemma, spec 4.6): enc_ids = the prompt (everything before the final answer,
  *    including <bos> and the generation prompt <start_of_turn>model\n), dec_ids = <bos> +
  *    answer[:-1], labels = answer (the final answer only). Too long: the encoder keeps <bos> and
@@ -316,6 +323,10 @@ typedef struct SftOptions {
   int shuffle;         /* default 1 */
   int epochs;          /* default 0 = forever */
   int skip_long;       /* default 0 = truncate */
+  int rank, world_size;  /* data parallelism (default 0, 1): rank r takes the examples at epoch
+                            positions r, r + W, r + 2W, ... (all ranks share the seed, hence the
+                            permutation); each rank takes floor(n / W) per epoch, the rest of the
+                            epoch is dropped so that ranks stay in lock-step */
 } SftOptions;
 SftOptions obj_sft_defaults(int Te, int Td);
 /* data and enc must outlive the builder. */

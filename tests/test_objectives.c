@@ -958,6 +958,31 @@ TEST(sft_epochs_and_resume) {
     CHECK_MSG(batch_eq(&b, &ref[i]), "SFT batch %d after restore differs", i);
     batch_free(&ref[i]);
   }
+  /* two data-parallel ranks: disjoint halves of the same permutation, 3 = floor(7 / 2) each */
+  SftOptions s0 = obj_sft_defaults(24, 8), s1 = s0;
+  s0.epochs = s1.epochs = 1;
+  s0.world_size = s1.world_size = 2; s1.rank = 1;
+  Objective *r0 = obj_sft_new(&s0, d, byte_encoder(), &sp, 3), *r1 = obj_sft_new(&s1, d, byte_encoder(), &sp, 3);
+  Batch b0, b1; obj_batch_alloc(r0, &b0, 4); obj_batch_alloc(r1, &b1, 4);
+  CHECK_EQ_INT(obj_next_batch(r0, &b0), 1); CHECK_EQ_INT(obj_next_batch(r1, &b1), 1);
+  int used[7] = {0};
+  for (int r = 0; r < 3; r++) {
+    used[b0.labels[r * 8 + 1] - 1000 - '0']++;
+    used[b1.labels[r * 8 + 1] - 1000 - '0']++;
+  }
+  CHECK_EQ_INT(b0.dec_mask[3 * 8], 0); CHECK_EQ_INT(b1.dec_mask[3 * 8], 0);
+  int distinct = 0;
+  for (int q = 0; q < 7; q++) { CHECK(used[q] <= 1); distinct += used[q]; }
+  CHECK_EQ_INT(distinct, 6);
+  CHECK_EQ_INT(obj_next_batch(r0, &b0), 0);
+  /* the rank-0 state refuses a builder of another world size */
+  ObjState s0st;
+  CHECK_EQ_INT(obj_save(r0, &s0st), 0);
+  CHECK_EQ_INT(obj_restore(o2, &s0st), -1);
+  CHECK(strstr(t5g_last_error(), "world size"));
+  s0.world_size = 8;
+  CHECK(obj_sft_new(&s0, d, byte_encoder(), &sp, 3) == NULL);
+  batch_free(&b0); batch_free(&b1); obj_free(r0); obj_free(r1);
   batch_free(&b); obj_free(o); obj_free(o2); sft_close(d); unlink(path); free(path);
 }
 
