@@ -16,8 +16,13 @@
  *            "▁" -> " ", ByteFallback (runs of <0xNN> -> UTF-8 bytes, each byte U+FFFD when the
  *            run is not valid UTF-8, as tokenizers `decoders/byte_fallback.rs`), Fuse).
  *   Round trip: the Gemma 2 normaliser prepends nothing and the decoder strips nothing, so a
- *   leading space is kept as "▁" and decode(encode(x)) == x byte for byte for every valid UTF-8
- *   x (invalid UTF-8 input bytes are encoded as byte pieces and decode as U+FFFD, as HF does).
+ *   leading space is kept as "▁" ("Hello" -> [4521], " Hello" -> [25957]) and
+ *   decode(encode(x)) == x byte for byte for every valid UTF-8 x without U+2581. The one
+ *   exception is Gemma's own: a literal U+2581 "▁" in the text encodes like a space (the same
+ *   pieces), so it decodes as " ", in HF too. Invalid UTF-8 input bytes are encoded as byte
+ *   pieces and decode as U+FFFD (a run of byte pieces that is not valid UTF-8 decodes as one
+ *   U+FFFD per byte, as HF's ByteFallback decoder does). Files with a Prepend normaliser and a
+ *   Strip decoder (Llama style) round-trip the same way.
  *   The post_processor (Gemma 2: prepend <bos>) is not applied: BOS/EOS come from the add_bos /
  *   add_eos arguments.
  * Backend 2, tokenizer.model (SentencePiece), through libsentencepiece (data/spm.cc).
