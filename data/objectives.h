@@ -18,12 +18,14 @@
  * stream). Its resume state is an ObjState: OBJ_STATE_LEN int64 values holding the builder's Rng
  * state, the source position of the document it is reading (from the source's own tell()), the
  * offset inside that document and a few counters. Design: documents are read one at a time; a
- * document may be split across rows and batches (nothing is thrown away), so the state records
+ * document may be split across rows and batches (the packed builders throw nothing away; only
+ * unpacked PrefixLM cuts long documents), so the state records
  * "the document that starts at source position P, of which the first K tokens (after BOS/EOS
  * decoration) were consumed". obj_restore() seeks the source back to P, re-reads that document
  * (checking its length against the saved one) and skips K tokens. The source's tell/seek come from
- * a DocSeeker (e.g. thin wrappers over the shard reader's resume state); without one, obj_save()
- * still works between documents-whole builders (SFT) and fails with a clear error otherwise.
+ * a DocSeeker (obj_shard_seeker wraps the shard reader's resume state). A stream builder without
+ * one can save only before it read anything or after its source ended (otherwise obj_save fails
+ * with a clear error); SFT needs none (its state is the epoch and the index in it).
  * Save after obj_next_batch() returns; restore into a builder created with the same options,
  * specials and seed over the same source. The checkpoint stores the ObjState only: the source
  * position is inside it.
