@@ -10,7 +10,7 @@ CC      ?= gcc
 CXX     ?= g++
 SAN     ?= 0
 MPI     ?= $(shell command -v mpicc >/dev/null 2>&1 && test -f /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h && echo 1 || echo 0)
-OPT     ?= -O3 -march=native -ffp-contract=off
+OPT     ?= -O3 -march=native -ffp-contract=off -fno-math-errno
 
 HDF5_CFLAGS := -I/usr/include/hdf5/serial
 HDF5_LIBS   := -L/usr/lib/x86_64-linux-gnu/hdf5/serial -lhdf5

@@ -83,6 +83,9 @@ int hf_load_params(ParamStore *ps, const char *path) {
         msg_add(&err, "%s%s: tensor \"%s\": expected shape %s, found %s", n_err++ ? "; " : "", st_tensor_file(&r, t), e->name,
                 st_shape_str(e->t.ndim, e->t.shape, s1, sizeof s1), st_shape_str(t->ndim, t->shape, s2, sizeof s2));
       n_shape++;
+    } else if (t->dtype == ST_I32) {
+      if (n_shape < 8) msg_add(&err, "%s%s: tensor \"%s\" has dtype I32; model weights must be BF16, F16 or F32", n_err++ ? "; " : "", st_tensor_file(&r, t), e->name);
+      n_shape++;
     }
   }
   if (n_missing > 8) msg_add(&err, " (%d missing in all)", n_missing);

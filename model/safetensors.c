@@ -19,10 +19,10 @@
 /* ---- dtypes and element conversions ------------------------------------------------------- */
 
 const char *st_dtype_name(StDtype t) {
-  switch (t) { case ST_F32: return "F32"; case ST_F16: return "F16"; case ST_BF16: return "BF16"; }
+  switch (t) { case ST_F32: return "F32"; case ST_F16: return "F16"; case ST_BF16: return "BF16"; case ST_I32: return "I32"; }
   return "?";
 }
-int st_dtype_size(StDtype t) { return t == ST_F32 ? 4 : 2; }
+int st_dtype_size(StDtype t) { return t == ST_F32 || t == ST_I32 ? 4 : 2; }
 
 int st_dtype_parse(const char *s, StDtype *t) {
   static const struct { const char *name; StDtype t; } names[] = {
@@ -83,6 +83,7 @@ uint16_t st_f32_to_f16(float x) {
 void st_convert_to_f32(StDtype dtype, const void *src, float *dst, int64_t n) {
   const unsigned char *s = src;
   if (dtype == ST_F32) { memcpy(dst, src, (size_t)n * 4); return; }
+  if (dtype == ST_I32) { for (int64_t i = 0; i < n; i++) { int32_t v; memcpy(&v, s + 4 * i, 4); dst[i] = (float)v; } return; }
   #pragma omp parallel for schedule(static) if (n > (1 << 16))
   for (int64_t i = 0; i < n; i++) {
     uint16_t h; memcpy(&h, s + 2 * i, 2);
@@ -93,6 +94,7 @@ void st_convert_to_f32(StDtype dtype, const void *src, float *dst, int64_t n) {
 void st_convert_from_f32(StDtype dtype, const float *src, void *dst, int64_t n) {
   unsigned char *d = dst;
   if (dtype == ST_F32) { memcpy(dst, src, (size_t)n * 4); return; }
+  if (dtype == ST_I32) { for (int64_t i = 0; i < n; i++) { int32_t v = (int32_t)lrintf(src[i]); memcpy(d + 4 * i, &v, 4); } return; }
   #pragma omp parallel for schedule(static) if (n > (1 << 16))
   for (int64_t i = 0; i < n; i++) {
     uint16_t h = dtype == ST_BF16 ? st_f32_to_bf16(src[i]) : st_f32_to_f16(src[i]);
@@ -130,12 +132,13 @@ static int parse_dtype(const char *path, const char *name, const cJSON *j, StDty
   if (strcmp(s, "F32") == 0) { *t = ST_F32; return 0; }
   if (strcmp(s, "F16") == 0) { *t = ST_F16; return 0; }
   if (strcmp(s, "BF16") == 0) { *t = ST_BF16; return 0; }
-  static const char *known[] = {"F64", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL",
+  if (strcmp(s, "I32") == 0) { *t = ST_I32; return 0; }
+  static const char *known[] = {"F64", "I64", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL",
                                 "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "C64", NULL};
   for (int i = 0; known[i]; i++)
     if (strcmp(s, known[i]) == 0)
-      return t5g_error("%s: tensor \"%s\" has dtype %s, which is not supported (supported: BF16, F16, F32)", path, name, s);
-  return t5g_error("%s: tensor \"%s\" has unknown dtype \"%s\" (supported: BF16, F16, F32)", path, name, s);
+      return t5g_error("%s: tensor \"%s\" has dtype %s, which is not supported (supported: BF16, F16, F32, I32)", path, name, s);
+  return t5g_error("%s: tensor \"%s\" has unknown dtype \"%s\" (supported: BF16, F16, F32, I32)", path, name, s);
 }
 
 static int cmp_by_begin(const void *a, const void *b) {
@@ -388,6 +391,7 @@ struct StWriter {
   WFile *f;
   int next;                 /* hint: index after the last written tensor */
   void *buf;                /* conversion chunk */
+  float *buf2;              /* f32 chunk filled by st_writer_write_fn callbacks (non-F32 files) */
 };
 
 #define ST_CHUNK ((int64_t)1 << 20)   /* elements converted per write */
@@ -496,10 +500,11 @@ static int writer_layout(StWriter *w) {
     if (rc) return rc;
   }
   w->buf = t5g_malloc((size_t)ST_CHUNK * 4);
+  w->buf2 = t5g_malloc((size_t)ST_CHUNK * 4);
   return 0;
 }
 
-int st_writer_write(StWriter *w, const char *name, const float *data) {
+int st_writer_write_fn(StWriter *w, const char *name, StFillFn fill, void *ctx) {
   if (!w->laid_out && writer_layout(w)) return -1;
   int k = -1;
   if (w->next < w->n && strcmp(w->t[w->next].name, name) == 0) k = w->next;
@@ -509,10 +514,12 @@ int st_writer_write(StWriter *w, const char *name, const float *data) {
   WFile *f = &w->f[t->file];
   if (t->written) return t5g_error("%s: tensor \"%s\" written twice", f->path, name);
   int es = st_dtype_size(w->dtype);
+  float *chunk = w->dtype == ST_F32 ? w->buf : w->buf2;
   for (int64_t i = 0; i < t->numel; i += ST_CHUNK) {
     int64_t m = t->numel - i < ST_CHUNK ? t->numel - i : ST_CHUNK;
-    const void *src = data + i;
-    if (w->dtype != ST_F32) { st_convert_from_f32(w->dtype, data + i, w->buf, m); src = w->buf; }
+    if (fill(ctx, i, m, chunk) != 0) return -1;
+    const void *src = chunk;
+    if (w->dtype != ST_F32) { st_convert_from_f32(w->dtype, chunk, w->buf, m); src = w->buf; }
     if (pwrite_all(f->fd, src, m * es, f->data_start + t->begin + i * es))
       return t5g_error("%s: writing tensor \"%s\": %s", f->path, name, strerror(errno));
   }
@@ -521,13 +528,22 @@ int st_writer_write(StWriter *w, const char *name, const float *data) {
   return 0;
 }
 
+static int fill_from_array(void *ctx, int64_t offset, int64_t n, float *out) {
+  memcpy(out, (const float *)ctx + offset, (size_t)n * sizeof(float));
+  return 0;
+}
+
+int st_writer_write(StWriter *w, const char *name, const float *data) {
+  return st_writer_write_fn(w, name, fill_from_array, (void *)data);
+}
+
 static void writer_free(StWriter *w) {
   for (int i = 0; i < w->n; i++) free(w->t[i].name);
   for (int i = 0; i < w->n_files; i++) {
     if (w->f[i].fd >= 0) close(w->f[i].fd);
     free(w->f[i].path); free(w->f[i].tmp);
   }
-  free(w->f); free(w->t); free(w->buf); free(w->dir); free(w->prefix); free(w);
+  free(w->f); free(w->t); free(w->buf); free(w->buf2); free(w->dir); free(w->prefix); free(w);
 }
 
 void st_writer_abort(StWriter *w) {

@@ -42,11 +42,13 @@
 
 #define ST_MAX_DIMS 8
 
-typedef enum { ST_F32 = 0, ST_F16 = 1, ST_BF16 = 2 } StDtype;
+/* ST_I32 is for integer side files (token ids, masks, positions: the batch files that
+ * tests/ref/t5gemma_ref.py exchanges with `t5gemma dump`); model tensors are float. */
+typedef enum { ST_F32 = 0, ST_F16 = 1, ST_BF16 = 2, ST_I32 = 3 } StDtype;
 
 /* "F32", "F16", "BF16". */
 const char *st_dtype_name(StDtype t);
-/* Bytes per element: 4 or 2. */
+/* Bytes per element: 4 (F32, I32) or 2. */
 int st_dtype_size(StDtype t);
 /* Parse "F32"/"F16"/"BF16" (also "f32", "fp32", "float32", "bf16", "bfloat16", "f16", "fp16",
  * "float16"): 0 and *t set, or -1 with t5g_error naming the accepted values. */
@@ -127,6 +129,12 @@ typedef struct StWriter StWriter;
 StWriter *st_writer_begin(const char *dir, const char *prefix, StDtype dtype, int64_t max_shard_bytes);
 int  st_writer_plan(StWriter *w, const char *name, int ndim, const int64_t *shape);
 int  st_writer_write(StWriter *w, const char *name, const float *data);
+/* Streaming variant: the writer asks fill(ctx, offset, n, out) for the tensor's elements
+ * [offset, offset + n) as f32, chunk by chunk (n <= 1M elements), so a tensor is never held
+ * whole in memory (streamed adaptation of 256000-row embeddings). fill returns 0, or -1 with
+ * t5g_error() to abort the write. */
+typedef int (*StFillFn)(void *ctx, int64_t offset, int64_t n, float *out);
+int  st_writer_write_fn(StWriter *w, const char *name, StFillFn fill, void *ctx);
 /* Checks that every planned tensor was written, commits the files and the index, frees w
  * (also on failure). */
 int  st_writer_finish(StWriter *w);
