@@ -162,6 +162,12 @@ struct Tokenizer {
   Trie raw_trie, norm_trie;   /* added tokens matched before / after normalisation */
   NormOp *norm; int n_norm;
   PreTok pre;
+  /* Word split (an exact speed-up, enabled only when proven safe at load): no vocabulary piece
+   * holds the normaliser's space replacement R ("▁") right after another character, so no merge
+   * can join a character to a following R, and BPE of a word equals the BPE of its parts cut
+   * before every R that follows a non-R character. Parts are short and repeat, so they are
+   * cached per call. */
+  char *ws; size_t ws_len;
   DecOp *dec; int n_dec; int has_decoder;
   /* tokenizer.model */
   T5gSpm *spm;
@@ -294,11 +300,17 @@ static int utf8_valid(const uint8_t *s, size_t n) {
 /* BPE of one word (tokenizers models/bpe/model.rs merge_word + word.rs merge_all)              */
 
 typedef struct { int32_t id, prev, next; } Sym;
+/* Per-call cache of short words: key bytes in keys, ids in vals. */
+typedef struct { uint64_t h; uint32_t koff, klen, voff, vlen; } CacheEnt;
 typedef struct {
   Sym *sym; size_t sym_cap;
   uint64_t *heap; size_t heap_cap, heap_n;
   Buf norm, tmp;
+  CacheEnt *cache; uint32_t cache_cap, cache_n;
+  Buf keys; IdVec vals;
 } Work;
+#define CACHE_MAX_WORD 64
+#define CACHE_MAX_ENTRIES (1u << 16)
 
 static inline void heap_push(Work *w, uint64_t key) {
   if (w->heap_n == w->heap_cap) {
@@ -415,10 +427,65 @@ static int bpe_word(const Tokenizer *t, const uint8_t *s, size_t n, Work *w, IdV
   return 0;
 }
 
+static int bpe_cached(const Tokenizer *t, const uint8_t *s, size_t n, Work *w, IdVec *out) {
+  if (n > CACHE_MAX_WORD) return bpe_word(t, s, n, w, out);
+  uint64_t h = hash_bytes(s, n);
+  if (w->cache) {
+    for (uint32_t i = (uint32_t)h & (w->cache_cap - 1);; i = (i + 1) & (w->cache_cap - 1)) {
+      const CacheEnt *e = &w->cache[i];
+      if (e->klen == 0) break;
+      if (e->h == h && e->klen == n && memcmp(w->keys.b + e->koff, s, n) == 0) {
+        for (uint32_t k = 0; k < e->vlen; k++) ids_push(out, w->vals.v[e->voff + k]);
+        return 0;
+      }
+    }
+  }
+  int64_t start = out->n;
+  if (bpe_word(t, s, n, w, out)) return -1;
+  if (w->cache_n >= CACHE_MAX_ENTRIES) return 0;
+  if (!w->cache || 2 * (w->cache_n + 1) > w->cache_cap) {   /* grow (and rehash) */
+    uint32_t cap = w->cache ? 2 * w->cache_cap : 256;
+    CacheEnt *c = t5g_calloc(cap, sizeof(CacheEnt));
+    for (uint32_t i = 0; w->cache && i < w->cache_cap; i++) {
+      if (w->cache[i].klen == 0) continue;
+      uint32_t j = (uint32_t)w->cache[i].h & (cap - 1);
+      while (c[j].klen) j = (j + 1) & (cap - 1);
+      c[j] = w->cache[i];
+    }
+    free(w->cache); w->cache = c; w->cache_cap = cap;
+  }
+  uint32_t j = (uint32_t)h & (w->cache_cap - 1);
+  while (w->cache[j].klen) j = (j + 1) & (w->cache_cap - 1);
+  w->cache[j] = (CacheEnt){h, (uint32_t)w->keys.n, (uint32_t)n, (uint32_t)w->vals.n, (uint32_t)(out->n - start)};
+  buf_put(&w->keys, s, n);
+  for (int64_t k = start; k < out->n; k++) ids_push(&w->vals, out->v[k]);
+  w->cache_n++;
+  return 0;
+}
+
+/* BPE of one pre-tokenised word, cut at the safe boundaries when the word split is enabled. */
+static int bpe_split(const Tokenizer *t, const uint8_t *s, size_t n, Work *w, IdVec *out) {
+  if (!t->ws_len || n <= t->ws_len) return bpe_word(t, s, n, w, out);
+  const size_t L = t->ws_len;
+  size_t start = 0, i = 1;
+  while (i + L <= n) {
+    const uint8_t *m = memmem(s + i, n - i, t->ws, L);
+    if (!m) break;
+    size_t k = (size_t)(m - s);
+    /* a boundary before R unless R follows another R */
+    if (!(k >= L && memcmp(s + k - L, t->ws, L) == 0) && k > start) {
+      if (bpe_cached(t, s + start, k - start, w, out)) return -1;
+      start = k;
+    }
+    i = k + L;
+  }
+  return bpe_cached(t, s + start, n - start, w, out);
+}
+
 /* Pre-tokenise a normalised segment into words (tokenizers pre_tokenizers/split.rs with a
  * String pattern and SplitDelimiterBehavior), BPE each. */
 static int pretok_and_bpe(const Tokenizer *t, const uint8_t *s, size_t n, Work *w, IdVec *out) {
-  if (!t->pre.active) return bpe_word(t, s, n, w, out);
+  if (!t->pre.active) return bpe_split(t, s, n, w, out);
   const PreTok *pt = &t->pre;
   size_t start = 0, i = 0;       /* start of the pending word */
   while (i < n) {
@@ -427,30 +494,30 @@ static int pretok_and_bpe(const Tokenizer *t, const uint8_t *s, size_t n, Work *
     size_t ms = (size_t)(m - s), me = ms + pt->plen;
     switch (pt->behavior) {
     case SPLIT_REMOVED:
-      if (bpe_word(t, s + start, ms - start, w, out)) return -1;
+      if (bpe_split(t, s + start, ms - start, w, out)) return -1;
       start = me; break;
     case SPLIT_ISOLATED:
-      if (bpe_word(t, s + start, ms - start, w, out)) return -1;
-      if (bpe_word(t, s + ms, pt->plen, w, out)) return -1;
+      if (bpe_split(t, s + start, ms - start, w, out)) return -1;
+      if (bpe_split(t, s + ms, pt->plen, w, out)) return -1;
       start = me; break;
     case SPLIT_MERGED_PREV:
-      if (bpe_word(t, s + start, me - start, w, out)) return -1;
+      if (bpe_split(t, s + start, me - start, w, out)) return -1;
       start = me; break;
     case SPLIT_MERGED_NEXT:
-      if (bpe_word(t, s + start, ms - start, w, out)) return -1;
+      if (bpe_split(t, s + start, ms - start, w, out)) return -1;
       start = ms; break;
     case SPLIT_CONTIGUOUS: {  /* a run of adjacent matches is one word */
-      if (bpe_word(t, s + start, ms - start, w, out)) return -1;
+      if (bpe_split(t, s + start, ms - start, w, out)) return -1;
       size_t e = me;
       while (n - e >= pt->plen && memcmp(s + e, pt->pat, pt->plen) == 0) e += pt->plen;
-      if (bpe_word(t, s + ms, e - ms, w, out)) return -1;
+      if (bpe_split(t, s + ms, e - ms, w, out)) return -1;
       start = e; i = e;
       continue;
     }
     }
     i = me;
   }
-  return bpe_word(t, s + start, n - start, w, out);
+  return bpe_split(t, s + start, n - start, w, out);
 }
 
 /* Normalise one segment between raw added tokens into w->norm. */
@@ -535,7 +602,7 @@ int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int add_b
     rc = split_added(t, &t->special_trie, (const uint8_t *)text, len, 1, seg_spm, &w, &out);
   else
     rc = len ? seg_spm(t, (const uint8_t *)text, len, &w, &out, 0) : 0;
-  free(w.sym); free(w.heap); free(w.norm.b); free(w.tmp.b);
+  free(w.sym); free(w.heap); free(w.norm.b); free(w.tmp.b); free(w.cache); free(w.keys.b); free(w.vals.v);
   if (rc) { free(out.v); return -1; }
   if (add_eos) ids_push(&out, t->specials.eos);
   if (!out.v) out.v = t5g_malloc(sizeof(int32_t));
@@ -673,7 +740,7 @@ void tokenizer_free(Tokenizer *t) {
   free(t->raw_trie.nodes); free(t->norm_trie.nodes); free(t->special_trie.nodes);
   for (int k = 0; k < t->n_norm; k++) { free(t->norm[k].pat); free(t->norm[k].rep); }
   free(t->norm);
-  free(t->pre.pat);
+  free(t->pre.pat); free(t->ws);
   for (int k = 0; k < t->n_dec; k++) { free(t->dec[k].pat); free(t->dec[k].rep); }
   free(t->dec);
   if (t->spm) t5g_spm_free(t->spm);
@@ -836,6 +903,28 @@ static void hash_pieces(Tokenizer *t) {
   t->hash = h;
 }
 
+/* Enable the word split of bpe_split() when it cannot change the result (see struct Tokenizer):
+ * R = the content of the normaliser's Replace of " ", a vocabulary piece, no BPE ignore_merges,
+ * and no piece holding R at a byte offset k > 0 unless the L bytes before k are R again. */
+static void enable_word_split(Tokenizer *t) {
+  const NormOp *rep = NULL;
+  for (int k = 0; k < t->n_norm; k++)
+    if (t->norm[k].type == NORM_REPLACE && t->norm[k].plen == 1 && t->norm[k].pat[0] == ' ') rep = &t->norm[k];
+  if (!rep || rep->rlen == 0 || t->ignore_merges || vocab_find(t, rep->rep, rep->rlen) < 0) return;
+  const char *R = rep->rep; size_t L = rep->rlen;
+  for (int id = 0; id < t->n_vocab; id++) {
+    const char *p = t->arena + t->off[id]; size_t n = t->plen[id];
+    for (size_t i = 1; i + L <= n; i++) {
+      const char *m = memmem(p + i, n - i, R, L);
+      if (!m) break;
+      size_t k = (size_t)(m - p);
+      if (k < L || memcmp(p + k - L, R, L) != 0) return;   /* "xR" inside a piece: not safe */
+      i = k;
+    }
+  }
+  t->ws = t5g_malloc(L); memcpy(t->ws, R, L); t->ws_len = L;
+}
+
 static Tokenizer *load_json(const char *path) {
   size_t len;
   char *text = t5g_read_file(path, &len);
@@ -994,6 +1083,7 @@ static Tokenizer *load_json(const char *path) {
   if (parse_pre_tokenizer(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"))) goto fail;
   if (parse_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"))) goto fail;
 #undef FAIL
+  enable_word_split(t);
   free(tmp);
   cJSON_Delete(root);
   find_specials(t);

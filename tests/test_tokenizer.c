@@ -164,6 +164,24 @@ TEST(decode) {
   tokenizer_free(t);
 }
 
+/* The word split speed-up (cut before "▁" after another character) must switch itself off
+ * when a piece joins a character to a following "▁" ("a▁" here). */
+TEST(word_split_only_when_safe) {
+  Tokenizer *t = load_fmt("g.json", k_gemma_style, "true");
+  CHECK(t);
+  ENC(t, "a  a", 0, 0, 0, 4, 10, 11);   /* "a▁▁a": ▁+a at position 2 */
+  ENC(t, "ab  abc a", 0, 0, 0, 7, 10, 10, 9, 11);   /* ab ▁ ▁ abc ▁a */
+  tokenizer_free(t);
+  t = load_text("u.json",
+    "{\"normalizer\": {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, \"content\": \"\\u2581\"},"
+    " \"model\": {\"type\": \"BPE\", \"unk_token\": \"<unk>\", \"vocab\": {\"<unk>\": 0, \"a\": 1, \"b\": 2,"
+    " \"\\u2581\": 3, \"a\\u2581\": 4, \"\\u2581b\": 5}, \"merges\": [\"a \\u2581\", \"\\u2581 b\"]}}");
+  CHECK(t);
+  ENC(t, "a b", 0, 0, 0, 4, 2);         /* a+▁ (rank 0) before ▁+b (rank 1) */
+  ENC(t, "b a b", 0, 0, 0, 2, 3, 4, 2);
+  tokenizer_free(t);
+}
+
 TEST(prepend_normalizer_and_strip_decoder) {
   Tokenizer *t = load_text("p.json", k_prepend_style);
   CHECK(t);
