@@ -149,3 +149,52 @@ int adapt_run_params(const AdaptRule *rules, int n, const AdaptOptions *o, Param
   }
   return 0;
 }
+
+typedef struct StreamFill {
+  const AdaptRule *r;
+  const AdaptOptions *o;
+  const StTensor *src;   /* RULE_COPY */
+  Rng rng;               /* RULE_RANDOM: advanced in element order */
+  int64_t next;          /* next expected offset (random streams are sequential) */
+} StreamFill;
+
+static int stream_fill(void *ctx, int64_t off, int64_t n, float *out) {
+  StreamFill *f = ctx;
+  if (f->r->kind == RULE_COPY) {
+    int es = st_dtype_size(f->src->dtype);
+    st_convert_to_f32(f->src->dtype, (const char *)f->src->data + off * es, out, n);
+    return 0;
+  }
+  if (f->r->kind == RULE_ZERO) { memset(out, 0, (size_t)n * sizeof(float)); return 0; }
+  T5G_ASSERT(off == f->next);
+  for (int64_t j = 0; j < n; j++) out[j] = (float)(f->o->cross_std * rng_normal(&f->rng));
+  f->next += n;
+  return 0;
+}
+
+int adapt_stream(const AdaptRule *rules, int n, const AdaptOptions *o, const StReader *a, const StReader *b, StWriter *w) {
+  for (int i = 0; i < n; i++) {
+    const AdaptRule *r = &rules[i];
+    if (r->kind == RULE_COPY) {
+      const StReader *src = r->source ? b : a;
+      const StTensor *t = st_find(src, r->src_name);
+      if (!t) { st_writer_abort(w); return t5g_error("%s: no tensor %s (needed for %s)", src->source, r->src_name, r->target); }
+      int64_t want = r->shape[0] * (r->ndim > 1 ? r->shape[1] : 1);
+      if (t->numel != want || t->dtype == ST_I32) {
+        char sb[64];
+        st_writer_abort(w);
+        return t5g_error("%s: tensor %s has shape %s (%s), %s needs %lld float elements", st_tensor_file(src, t), r->src_name,
+                         st_shape_str(t->ndim, t->shape, sb, sizeof sb), st_dtype_name(t->dtype), r->target, (long long)want);
+      }
+    }
+    if (st_writer_plan(w, r->target, r->ndim, r->shape) != 0) { st_writer_abort(w); return -1; }
+  }
+  for (int i = 0; i < n; i++) {
+    const AdaptRule *r = &rules[i];
+    StreamFill f = {r, o, NULL, {0}, 0};
+    if (r->kind == RULE_COPY) f.src = st_find(r->source ? b : a, r->src_name);
+    if (r->kind == RULE_RANDOM) rng_seed(&f.rng, o->seed ^ t5g_fnv1a64(r->target, strlen(r->target), T5G_FNV_SEED));
+    if (st_writer_write_fn(w, r->target, stream_fill, &f) != 0) { st_writer_abort(w); return -1; }
+  }
+  return st_writer_finish(w);
+}

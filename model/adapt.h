@@ -69,4 +69,14 @@ void adapt_fill_generated(const AdaptRule *r, const AdaptOptions *o, float *dst)
  * mismatch: message names the tensor). */
 int adapt_run_params(const AdaptRule *rules, int n, const AdaptOptions *o, ParamStore *a, ParamStore *b, ParamStore *target);
 
+
+
+/* Streamed execution (issue 10): each target tensor is produced chunk by chunk (1M elements)
+ * from the memory-mapped source tensors and written through the streaming safetensors writer,
+ * so memory stays at a chunk plus mapped pages whatever the model size. Sources are open
+ * readers (b may equal a); w must be a writer begun but not yet planned: adapt_stream plans
+ * every rule's tensor, writes them and finishes the writer (aborts it on error).
+ * Gives exactly the tensors of adapt_run_params (test: tests/t_adapt.sh). */
+#include "model/safetensors.h"
+int adapt_stream(const AdaptRule *rules, int n, const AdaptOptions *o, const StReader *a, const StReader *b, StWriter *w);
 #endif

@@ -96,7 +96,7 @@ static void resolve_stack(Model *m, StackParams *sp) {
   }
 }
 
-int model_init(Model *m, const ModelConfig *cfg) {
+int model_plan(Model *m, const ModelConfig *cfg) {
   memset(m, 0, sizeof *m);
   if (config_validate(cfg, cfg->name[0] ? cfg->name : "model config") != 0) return -1;
   m->cfg = *cfg;
@@ -107,6 +107,11 @@ int model_init(Model *m, const ModelConfig *cfg) {
   } else {
     register_stack(m, &m->dec, &m->cfg.dec, 0, 0, 0);
   }
+  return 0;
+}
+
+int model_init(Model *m, const ModelConfig *cfg) {
+  if (model_plan(m, cfg) != 0) return -1;
   params_finalize(&m->ps);
   if (cfg->kind == MODEL_T5GEMMA) resolve_stack(m, &m->enc);
   resolve_stack(m, &m->dec);
@@ -120,14 +125,23 @@ void model_free(Model *m) {
   memset(m, 0, sizeof *m);
 }
 
+float model_init_std(const Model *m, const ParamEntry *e) {
+  if (e->group == PG_NORM) return 0.0f;
+  const StackConfig *s = strstr(e->name, "encoder.") ? &m->cfg.enc : &m->cfg.dec;
+  return s->initializer_range > 0 ? s->initializer_range : 0.02f;
+}
+
+void model_init_rng(const ParamEntry *e, uint64_t seed, Rng *r) {
+  /* one stream per tensor, seeded by (seed, name): independent of registration order */
+  rng_seed(r, seed ^ t5g_fnv1a64(e->name, strlen(e->name), T5G_FNV_SEED));
+}
+
 void model_init_random(Model *m, uint64_t seed) {
   for (int i = 0; i < m->ps.n; i++) {
     ParamEntry *e = &m->ps.e[i];
-    const StackConfig *s = strstr(e->name, "encoder.") ? &m->cfg.enc : &m->cfg.dec;
-    float std = s->initializer_range > 0 ? s->initializer_range : 0.02f;
-    if (e->group == PG_NORM) { memset(e->t.data, 0, e->t.n * sizeof(float)); continue; }
-    /* one stream per tensor, seeded by (seed, name): independent of registration order */
-    Rng r; rng_seed(&r, seed ^ t5g_fnv1a64(e->name, strlen(e->name), T5G_FNV_SEED));
+    float std = model_init_std(m, e);
+    if (std == 0) { memset(e->t.data, 0, e->t.n * sizeof(float)); continue; }
+    Rng r; model_init_rng(e, seed, &r);
     for (int64_t j = 0; j < e->t.n; j++) e->t.data[j] = (float)(std * rng_normal(&r));
   }
 }

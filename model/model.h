@@ -22,6 +22,7 @@
 #include "model/config.h"
 #include "model/ops.h"
 #include "model/params.h"
+#include "model/rng.h"
 
 typedef struct LayerParams {
   Tensor *q, *k, *v, *o;                 /* self-attention */
@@ -52,11 +53,18 @@ typedef struct Model {
 /* Register every parameter (HF names) and allocate the flat buffers (zeroed).
  * Returns 0, or -1 with t5g_error() when the config is invalid. */
 int  model_init(Model *m, const ModelConfig *cfg);
+/* Register the parameters (names, shapes, offsets) without allocating them: for tools that
+ * stream tensors (random checkpoints, adaptation). model_free releases it. */
+int  model_plan(Model *m, const ModelConfig *cfg);
 void model_free(Model *m);
 
 /* Random initialisation, seeded: matrices and embeddings ~ normal(0, initializer_range), norm
  * weights 0 (unit gain, spec 7 "RMSNorm initialisation"). */
 void model_init_random(Model *m, uint64_t seed);
+/* The pieces of model_init_random, for streaming writers: an entry's std (0 for norms) and its
+ * generator (values are std * rng_normal() in element order). */
+float model_init_std(const Model *m, const ParamEntry *e);
+void  model_init_rng(const ParamEntry *e, uint64_t seed, Rng *r);
 
 /* The T5Gemma cross-attention parameters (q/k/v/o and their norms) are flagged
  * ParamEntry.cross_attn; this freezes everything else (warm-up of unequal pairs, spec 3.1) or

@@ -18,6 +18,7 @@ T5G_CMD(cmd_detokenize);
 T5G_CMD(cmd_data);
 T5G_CMD(cmd_random_checkpoint);
 T5G_CMD(cmd_bench);
+T5G_CMD(cmd_dump);
 #undef T5G_CMD
 
 #endif

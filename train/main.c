@@ -19,6 +19,7 @@ static const Command commands[] = {
   {"detokenize", cmd_detokenize, "token ids -> text"},
   {"data",       cmd_data,       "token shards: prepare, inspect, verify"},
   {"random-checkpoint", cmd_random_checkpoint, "write a randomly initialised checkpoint in Hugging Face format"},
+  {"dump",       cmd_dump,       "forward + backward on a batch file: loss, logits, gradients (checking)"},
   {"bench",      cmd_bench,      "performance measurements (see make bench)"},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
