@@ -16,7 +16,8 @@
  * sgemm (Q_blk K^T), soft-capped, masked, and normalised in one pass (exact two-pass softmax
  * over the row; there is no key-block loop, so no online rescaling is needed). Only one such
  * block per thread exists at a time; per-thread scratch is taken from the arena once per call
- * (sized for the backward as well when the op is recorded, and reused by it).
+ * (sized for the backward as well when the op is recorded, and reused by it; given back to the
+ * arena at once in no-grad mode).
  * OpenMP runs over (b, kv head, query block) tasks in the forward, and over (b, kv head, split)
  * units in the backward: a unit owns dK/dV of its (b, kv head) when there are enough pairs for
  * all threads; otherwise the pair's query blocks are split over several units that accumulate
@@ -273,7 +274,8 @@ static void attn_backward(void *vctx) {
   const int units = pairs * nsplit;
   if (nth > units) nth = units;
   if (nth > c->scratch_threads) nth = c->scratch_threads;
-  /* private dK/dV [units, Tk, hd] when a pair is split over several units */
+  /* private dK/dV [units, Tk, hd] when a pair is split over several units; given back below */
+  ArenaMark mk = arena_mark(g->arena);
   float *pk = NULL, *pv = NULL;
   if (nsplit > 1) {
     if (dk) pk = arena_calloc(g->arena, sizeof(float) * units * (size_t)Tk * hd);
@@ -321,6 +323,7 @@ static void attn_backward(void *vctx) {
     }
   }
   t5g_blas_restore();
+  arena_release(g->arena, mk);
 }
 
 Tensor *op_attention(Graph *g, Tensor *q, Tensor *k, Tensor *v, const AttnMask *mask, float scale, float softcap) {
@@ -346,6 +349,7 @@ Tensor *op_attention(Graph *g, Tensor *q, Tensor *k, Tensor *v, const AttnMask *
     const int R = c->bq * c->G, tasks = c->B * c->K * c->nqb;
     /* one allocation per call, sized for the backward too when it will run */
     const int record = tensor_needs_grad(g, q) || tensor_needs_grad(g, k) || tensor_needs_grad(g, v);
+    ArenaMark mk = arena_mark(g->arena);   /* scratch is given back unless the backward needs it */
     int nth = omp_get_max_threads();
     c->scratch_threads = nth;
     if (!record && nth > tasks) nth = tasks;
@@ -367,6 +371,7 @@ Tensor *op_attention(Graph *g, Tensor *q, Tensor *k, Tensor *v, const AttnMask *
       }
     }
     t5g_blas_restore();
+    if (!record) arena_release(g->arena, mk);
   }
   c->need_q = tensor_needs_grad(g, q);
   c->need_k = tensor_needs_grad(g, k);

@@ -113,6 +113,7 @@ static void ce_backward(void *vctx) {
   float *dh = c->need_h ? tensor_grad(g, c->h) : NULL;
   float *dE = c->need_E ? tensor_grad(g, c->E) : NULL;
   float *hc = c->hc, *Z = c->Z;
+  ArenaMark mk = arena_mark(g->arena);    /* temporaries below are given back at the end */
   float *dhc = dh ? arena_alloc(g->arena, sizeof(float) * CH * d) : NULL;
   const int k = c->k;
   const int topk = c->distill && c->t_ids;
@@ -176,6 +177,7 @@ static void ce_backward(void *vctx) {
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)V, (int)d, (int)n, 1.0f, Z, (int)V, hc, (int)d,
                   1.0f, dE, (int)d);
   }
+  arena_release(g->arena, mk);
 }
 
 /* Forward of the (distillation) loss; returns the scalar loss tensor. */
@@ -188,6 +190,10 @@ static Tensor *ce_forward(Graph *g, Tensor *h, Tensor *E, const int32_t *labels,
   if (distill) {
     T5G_ASSERT(T > 0 && k >= 1 && k <= V && t_probs && (t_ids || k == V));
   }
+  const int record = tensor_needs_grad(g, h) || tensor_needs_grad(g, E);
+  const int64_t one = 1;
+  Tensor *out = tensor_new(g, "loss", 1, &one);
+  ArenaMark mk = arena_mark(g->arena);    /* context and chunk buffers: kept for the backward, else given back */
   LossCtx *c = arena_calloc(g->arena, sizeof *c);
   c->g = g; c->h = h; c->E = E; c->labels = labels; c->t_ids = t_ids; c->t_probs = t_probs; c->k = k;
   c->cap = cap; c->T = distill ? T : 1.0f; c->alpha = distill ? alpha : 0.0f; c->normalizer = normalizer;
@@ -269,14 +275,16 @@ static Tensor *ce_forward(Graph *g, Tensor *h, Tensor *E, const int32_t *labels,
     }
   }
   if (stats) { stats->sum_nll = sum_nll; stats->n_tokens = nr; stats->n_correct = n_correct; }
-  const int64_t one = 1;
-  Tensor *out = tensor_new(g, "loss", 1, &one);
   out->data[0] = nr ? (float)(loss / normalizer) : 0.0f;
   out->requires_grad = h->requires_grad || E->requires_grad;
-  c->out = out;
-  c->need_h = tensor_needs_grad(g, h);
-  c->need_E = tensor_needs_grad(g, E);
-  if (c->need_h || c->need_E) graph_record(g, ce_backward, c, OPK_LOSS);
+  if (record) {
+    c->out = out;
+    c->need_h = tensor_needs_grad(g, h);
+    c->need_E = tensor_needs_grad(g, E);
+    graph_record(g, ce_backward, c, OPK_LOSS);
+  } else {
+    arena_release(g->arena, mk);          /* c and the buffers are not used any more */
+  }
   OP_PROFILE_END(g, OPK_LOSS);
   return out;
 }

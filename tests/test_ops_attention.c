@@ -485,4 +485,26 @@ TEST(backward_accumulates) {
   graph_free(&g); arena_free(&a); data_free(&d);
 }
 
+/* No-grad mode: same output, nothing recorded, and the per-call scratch is given back to the
+ * arena (growth = output + context + log-sum-exp only). */
+TEST(no_grad_mode) {
+  Cfg c = cfg_make(1, 300, 300, 2, 1, 12, 50.0f);
+  c.m.causal = 1; c.m.window = 100;
+  Data d; data_make(&c, &d, 1.5, 1.5);
+  EngineOut eo; engine_run(&c, &d, 1, 1, 1, &eo);
+  Arena a; arena_init(&a, 0); Graph g; graph_init(&g, &a);
+  Tensor *q = tensor_wrap(&g, "q", d.q, 4, (int64_t[]){1, 300, 2, 12});
+  Tensor *k = tensor_wrap(&g, "k", d.k, 4, (int64_t[]){1, 300, 1, 12});
+  Tensor *v = tensor_wrap(&g, "v", d.v, 4, (int64_t[]){1, 300, 1, 12});
+  q->requires_grad = k->requires_grad = v->requires_grad = 1;
+  g.grad_enabled = 0;
+  size_t before = a.used;
+  Tensor *o = op_attention(&g, q, k, v, &c.m, c.scale, c.cap);
+  size_t grown = a.used - before, outb = sizeof(float) * d.no;
+  CHECK_EQ_INT(g.n_nodes, 0);
+  CHECK_MSG(grown < outb + 16384, "arena grew by %zu bytes for a %zu-byte output", grown, outb);
+  CHECK(memcmp(o->data, eo.out, outb) == 0);
+  graph_free(&g); arena_free(&a); engine_free(&eo); data_free(&d);
+}
+
 TEST_MAIN()

@@ -378,4 +378,25 @@ TEST(logits_topk_ties_lower_id_first) {
   CHECK(pr[0] == pr[1] && pr[1] == pr[2] && pr[3] < pr[2]);
 }
 
+/* No-grad mode (evaluation): same loss, row NLL and stats, nothing recorded, and the chunk
+ * buffers are given back to the arena. */
+TEST(ce_no_grad_mode) {
+  Prob p; prob_make(&p, 100, 300, 8, 1.5, 1.5, 0.1, 30.0f);
+  EngineOut eo; engine_run(&p, 1, 1, &eo);
+  Arena a; arena_init(&a, 0); Graph g; graph_init(&g, &a);
+  Tensor *h = tensor_wrap(&g, "h", p.h, 2, (int64_t[]){100, 8});
+  Tensor *E = tensor_wrap(&g, "E", p.E, 2, (int64_t[]){300, 8});
+  h->requires_grad = E->requires_grad = 1;
+  g.grad_enabled = 0;
+  float rn[100]; LossStats st;
+  size_t before = a.used;
+  Tensor *L = op_softcap_ce(&g, h, E, p.labels, p.cap, p.normalizer, rn, &st);
+  CHECK_EQ_INT(g.n_nodes, 0);
+  CHECK_MSG(a.used - before < 4096, "arena grew by %zu bytes", a.used - before);
+  CHECK(L->data[0] == eo.loss);
+  CHECK(memcmp(rn, eo.row_nll, sizeof rn) == 0);
+  CHECK(st.sum_nll == eo.st.sum_nll && st.n_tokens == eo.st.n_tokens && st.n_correct == eo.st.n_correct);
+  graph_free(&g); arena_free(&a); engine_free(&eo); prob_free(&p);
+}
+
 TEST_MAIN()
