@@ -90,7 +90,7 @@ static inline double row_lse(const float *z, int64_t V, float s, float m) {
   return (double)m + log(total);
 }
 
-/* First index j with z[j] == m (torch.argmax semantics); m must occur in z. */
+/* First index j with z[j] == m (torch.argmax semantics), V if none. */
 static inline int64_t first_index_of(const float *z, int64_t V, float m) {
   int64_t j = 0;
   for (; j + 16 <= V; j += 16) {
@@ -99,7 +99,7 @@ static inline int64_t first_index_of(const float *z, int64_t V, float m) {
     for (int l = 0; l < 16; l++) hit |= z[j + l] == m;
     if (hit) break;
   }
-  while (z[j] != m) j++;
+  while (j < V && z[j] != m) j++;      /* j == V only for an all-NaN row */
   return j;
 }
 
