@@ -11,7 +11,11 @@
  *            with the lowest merge rank, leftmost first among equal ranks (tokenizers
  *            `models/bpe/word.rs` merge_all). A binary heap of (rank, position) keys over a doubly
  *            linked symbol list makes a word of n characters cost O(n log n): a 100 KB line
- *            without spaces takes milliseconds.
+ *            without spaces takes milliseconds. When the vocabulary allows it (checked at load:
+ *            true for Gemma 2), words are also cut before each "▁" that follows another
+ *            character, which cannot change the result, and the short parts are cached per call.
+ *            Speed: 5-10 MB/s of English per thread on this project's 2-core machine; loading
+ *            the 17 MB Gemma 2 file takes about 0.7 s (most of it cJSON).
  *   decode = drop special tokens if asked, then the file's decoder chain (Gemma 2: Replace
  *            "▁" -> " ", ByteFallback (runs of <0xNN> -> UTF-8 bytes, each byte U+FFFD when the
  *            run is not valid UTF-8, as tokenizers `decoders/byte_fallback.rs`), Fuse).
