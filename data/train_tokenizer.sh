@@ -13,11 +13,13 @@
 # characters), split_digits, identity normalisation, no dummy "▁" prefix, whitespace kept as is
 # (no removal of leading/trailing/repeated spaces), whitespace-only pieces allowed ("▁▁").
 # Default vocabulary size 8000 (must exceed 108 + 256 + the characters kept).
+# Note: spm_train 0.1.97's BPE trainer crashes (segfault) on pathological lines such as one
+# 60 KB "word" of "abcabc..."; train on ordinary text.
 # Exit status 0, or 1 with a message naming what failed.
 set -euo pipefail
 
 die() { echo "train_tokenizer.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 
 out=""; vocab=8000; sentences=0; threads=2; inputs=()
 while [ $# -gt 0 ]; do
