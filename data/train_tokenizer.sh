@@ -19,7 +19,7 @@
 set -euo pipefail
 
 die() { echo "train_tokenizer.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 out=""; vocab=8000; sentences=0; threads=2; inputs=()
 while [ $# -gt 0 ]; do
