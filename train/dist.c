@@ -73,23 +73,54 @@ void dist_allreduce_max_f64(double *buf, int n) {
 #endif
 }
 
-void dist_reduce_scatter_mean(float *buf, int64_t n) {
+void dist_slice(int64_t n, int rank, int64_t *lo, int64_t *hi) {
+  int64_t per = (n + g_world - 1) / g_world;
+  *lo = (int64_t)rank * per < n ? (int64_t)rank * per : n;
+  *hi = *lo + per < n ? *lo + per : n;
+}
+
+void dist_allreduce_sum_f32(float *buf, int64_t n) {
 #ifdef T5G_MPI
   if (g_world <= 1) return;
-  T5G_ASSERT(n % g_world == 0);
-  int64_t slice = n / g_world;
-  /* bucketed: chunk j of every rank's slice travels together */
-  float *tmp = t5g_alloc_aligned((size_t)(slice < BUCKET ? slice : BUCKET) * sizeof(float));
-  float *send = t5g_alloc_aligned((size_t)(slice < BUCKET ? slice : BUCKET) * g_world * sizeof(float));
-  for (int64_t o = 0; o < slice; o += BUCKET) {
-    int c = (int)(slice - o < BUCKET ? slice - o : BUCKET);
-    for (int r = 0; r < g_world; r++) memcpy(send + (int64_t)r * c, buf + r * slice + o, c * sizeof(float));
-    MPI_Reduce_scatter_block(send, tmp, c, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-    float inv = 1.0f / g_world;
-    float *dst = buf + g_rank * slice + o;
-    for (int i = 0; i < c; i++) dst[i] = tmp[i] * inv;
+  for (int64_t o = 0; o < n; o += BUCKET) {
+    int c = (int)(n - o < BUCKET ? n - o : BUCKET);
+    MPI_Allreduce(MPI_IN_PLACE, buf + o, c, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
   }
-  free(tmp); free(send);
+#else
+  (void)buf; (void)n;
+#endif
+}
+
+#ifdef T5G_MPI
+/* Sub-chunk j (BUCKET floats) of every rank's slice: counts and offsets into buf. */
+static int bucket_counts(int64_t n, int64_t j, int *counts, int64_t *starts) {
+  int any = 0;
+  for (int r = 0; r < g_world; r++) {
+    int64_t lo, hi;
+    dist_slice(n, r, &lo, &hi);
+    int64_t s = lo + j * BUCKET, e = s + BUCKET < hi ? s + BUCKET : hi;
+    counts[r] = e > s ? (int)(e - s) : 0;
+    starts[r] = s;
+    any |= counts[r] > 0;
+  }
+  return any;
+}
+#endif
+
+void dist_reduce_scatter_sum(float *buf, int64_t n) {
+#ifdef T5G_MPI
+  if (g_world <= 1) return;
+  int counts[g_world];
+  int64_t starts[g_world];
+  float *send = t5g_alloc_aligned((size_t)BUCKET * g_world * sizeof(float));
+  float *recv = t5g_alloc_aligned((size_t)BUCKET * sizeof(float));
+  for (int64_t j = 0; bucket_counts(n, j, counts, starts); j++) {
+    int64_t o = 0;
+    for (int r = 0; r < g_world; r++) { memcpy(send + o, buf + starts[r], (size_t)counts[r] * sizeof(float)); o += counts[r]; }
+    MPI_Reduce_scatter(send, recv, counts, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    memcpy(buf + starts[g_rank], recv, (size_t)counts[g_rank] * sizeof(float));
+  }
+  free(send); free(recv);
 #else
   (void)buf; (void)n;
 #endif
@@ -98,22 +129,40 @@ void dist_reduce_scatter_mean(float *buf, int64_t n) {
 void dist_allgather(float *buf, int64_t n) {
 #ifdef T5G_MPI
   if (g_world <= 1) return;
-  T5G_ASSERT(n % g_world == 0);
-  int64_t slice = n / g_world;
-  if (slice <= BUCKET) {
-    MPI_Allgather(MPI_IN_PLACE, (int)slice, MPI_FLOAT, buf, (int)slice, MPI_FLOAT, MPI_COMM_WORLD);
-    return;
-  }
+  int counts[g_world], displs[g_world];
+  int64_t starts[g_world];
   float *recv = t5g_alloc_aligned((size_t)BUCKET * g_world * sizeof(float));
-  for (int64_t o = 0; o < slice; o += BUCKET) {
-    int c = (int)(slice - o < BUCKET ? slice - o : BUCKET);
-    MPI_Allgather(buf + g_rank * slice + o, c, MPI_FLOAT, recv, c, MPI_FLOAT, MPI_COMM_WORLD);
-    for (int r = 0; r < g_world; r++) memcpy(buf + r * slice + o, recv + (int64_t)r * c, c * sizeof(float));
+  for (int64_t j = 0; bucket_counts(n, j, counts, starts); j++) {
+    int o = 0;
+    for (int r = 0; r < g_world; r++) { displs[r] = o; o += counts[r]; }
+    MPI_Allgatherv(buf + starts[g_rank], counts[g_rank], MPI_FLOAT, recv, counts, displs, MPI_FLOAT, MPI_COMM_WORLD);
+    for (int r = 0; r < g_world; r++) memcpy(buf + starts[r], recv + displs[r], (size_t)counts[r] * sizeof(float));
   }
   free(recv);
 #else
   (void)buf; (void)n;
 #endif
+}
+
+void dist_gather_slices(const float *slice, float *full, int64_t n) {
+#ifdef T5G_MPI
+  if (g_world > 1) {
+    int counts[g_world], displs[g_world];
+    int64_t starts[g_world];
+    float *recv = g_rank == 0 ? t5g_alloc_aligned((size_t)BUCKET * g_world * sizeof(float)) : NULL;
+    int64_t mylo, myhi;
+    dist_slice(n, g_rank, &mylo, &myhi);
+    for (int64_t j = 0; bucket_counts(n, j, counts, starts); j++) {
+      int o = 0;
+      for (int r = 0; r < g_world; r++) { displs[r] = o; o += counts[r]; }
+      MPI_Gatherv(slice + (starts[g_rank] - mylo), counts[g_rank], MPI_FLOAT, recv, counts, displs, MPI_FLOAT, 0, MPI_COMM_WORLD);
+      if (g_rank == 0) for (int r = 0; r < g_world; r++) memcpy(full + starts[r], recv + displs[r], (size_t)counts[r] * sizeof(float));
+    }
+    free(recv);
+    return;
+  }
+#endif
+  memcpy(full, slice, (size_t)n * sizeof(float));
 }
 
 void dist_bcast(void *buf, int64_t bytes, int root) {

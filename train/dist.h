@@ -25,11 +25,19 @@ void dist_allreduce_mean(float *buf, int64_t n);
 void dist_allreduce_sum_f64(double *buf, int n);
 void dist_allreduce_sum_i64(int64_t *buf, int n);
 void dist_allreduce_max_f64(double *buf, int n);
-/* ZeRO-1: grad (n floats, n divisible by world) -> every rank gets the mean of its slice
- * [rank*n/world, (rank+1)*n/world) in place at that offset. */
-void dist_reduce_scatter_mean(float *buf, int64_t n);
-/* ZeRO-1: every rank contributes its slice of buf (n divisible by world); all get all. */
+/* In-place sum over ranks (gradients whose loss was already divided by the global token count). */
+void dist_allreduce_sum_f32(float *buf, int64_t n);
+/* ZeRO-1 partition of n elements: rank r owns [lo, hi) = [r*ceil(n/W), min((r+1)*ceil(n/W), n));
+ * n need not divide evenly (the last slices are shorter, possibly empty). */
+void dist_slice(int64_t n, int rank, int64_t *lo, int64_t *hi);
+/* ZeRO-1: every rank ends with the sum over ranks of buf on its own slice (other slices are
+ * left as they were). Bucketed; counts per rank may differ. */
+void dist_reduce_scatter_sum(float *buf, int64_t n);
+/* ZeRO-1: every rank contributes its slice of buf; all ranks end with the whole buffer. */
 void dist_allgather(float *buf, int64_t n);
+/* Rank 0 receives every rank's slice (slice = this rank's [lo, hi) values) into full [n];
+ * other ranks' `full` is untouched (may be NULL). One rank: copies. */
+void dist_gather_slices(const float *slice, float *full, int64_t n);
 void dist_bcast(void *buf, int64_t bytes, int root);
 void dist_barrier(void);
 /* Abort every rank with a message (non-zero exit). */
