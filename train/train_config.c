@@ -26,7 +26,8 @@ static const KeyDef keys[] = {
   S(val_split, "val", "split used for validation loss"),
   S(sft_data, "", "sft: JSONL with messages or prompt/response"),
   S(sft_val_data, "", "sft: validation JSONL"),
-  S(tokenizer, "", "tokenizer.json / tokenizer.model (special-token names, sft text)"),
+  S(tokenizer, "", "tokenizer.json / tokenizer.model (special tokens by name; needed by ul2 and sft; "
+                  "without it <pad>/<eos>/<bos> come from the dataset's index.json)"),
   I(batch_size, "8", "rows per micro-batch"),
   I(grad_accum, "1", "micro-batches per optimizer step"),
   I(seq_len, "256", "causal: tokens per row"),
@@ -34,6 +35,7 @@ static const KeyDef keys[] = {
   I(dec_len, "128", "decoder tokens per row"),
   I(packed, "0", "1: segment ids, attention stays within documents"),
   I(prefixlm_random_split, "0", "prefixlm: random split point instead of equal halves"),
+  I(prefixlm_pack, "1", "prefixlm: 1 packed windows of enc_len+dec_len tokens; 0 one document per row"),
   S(ul2_mixture, "t5gemma2", "ul2 denoiser mixture: t5gemma2 | ul2"),
   S(sentinel_prefix, "<unused", "sentinel token names are <prefix>N>"),
   D(lr, "3e-4", "peak learning rate"),
@@ -154,7 +156,10 @@ int train_config_validate(const TrainConfig *c) {
   if (strcmp(c->objective, "sft") == 0) {
     if (!c->sft_data[0]) return t5g_error("train config: objective sft needs sft_data (a JSONL file)");
     if (!c->tokenizer[0]) return t5g_error("train config: objective sft needs tokenizer");
-  } else if (!c->data[0]) return t5g_error("train config: objective %s needs data (a shard directory from `t5gemma data prepare`)", c->objective);
+  } else if (strcmp(c->objective, "ul2") == 0 && !c->tokenizer[0]) {
+    return t5g_error("train config: objective ul2 needs tokenizer (sentinel tokens are looked up by name)");
+  }
+  if (strcmp(c->objective, "sft") != 0 && !c->data[0]) return t5g_error("train config: objective %s needs data (a shard directory from `t5gemma data prepare`)", c->objective);
   if (c->batch_size < 1) return t5g_error("train config: batch_size must be >= 1, found %d", c->batch_size);
   if (c->grad_accum < 1) return t5g_error("train config: grad_accum must be >= 1, found %d", c->grad_accum);
   if (c->steps < 0) return t5g_error("train config: steps must be >= 0, found %d", c->steps);

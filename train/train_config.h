@@ -25,6 +25,7 @@ typedef struct TrainConfig {
   int enc_len, dec_len;     /* encoder-decoder lengths */
   int packed;               /* causal/prefixlm: attention within documents (segment ids) */
   int prefixlm_random_split;
+  int prefixlm_pack;        /* 1: packed 2L windows (paper); 0: one document per row */
   char ul2_mixture[32];     /* t5gemma2 | ul2 */
   char sentinel_prefix[32]; /* token-name prefix of sentinels, default <unused */
   /* optimisation */

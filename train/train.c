@@ -1,0 +1,674 @@
+/* train.c: `t5gemma train CONFIG.json [key=value ...]`, the training loop (issue 5).
+ *
+ * One optimizer step:
+ *   1. the objective builds grad_accum micro-batches (data/objectives.h) from this rank's part of
+ *      the shards (data/shards.h) or from the SFT JSONL;
+ *   2. the normaliser = target tokens of all micro-batches on all ranks (the loss is a mean over
+ *      target tokens, not over sequences: adamw.h "contract with the loss");
+ *   3. forward + backward per micro-batch, gradients accumulate in the flat buffer;
+ *      with a teacher (distillation, spec 4.2) the teacher runs in no-grad mode on prefix+target;
+ *   4. gradients are summed over ranks (MPI allreduce, or reduce-scatter with ZeRO-1);
+ *   5. global-norm clipping; a non-finite loss or norm skips the step (counted; after
+ *      max_bad_steps in a row the run stops, keeping the last good checkpoint);
+ *   6. AdamW with the scheduled learning rate (ZeRO-1: on this rank's slice, then all-gather).
+ * The unequal-pair warm-up trains only cross-attention for the first warmup_cross_steps steps
+ * (spec 3.1). Every save_every steps (and at the end, and on SIGINT/SIGTERM) rank 0 writes an
+ * HDF5 checkpoint (train/checkpoint.h) with everything needed for an exact resume: weights,
+ * AdamW state, step, every rank's objective/reader state, counters.
+ * Determinism: batches are a pure function of (seed, rank, data); dropout masks of
+ * (seed, step, micro-batch, rank); so a resumed run repeats an uninterrupted one bit for bit on
+ * the same machine and thread count.
+ */
+#include "data/objectives.h"
+#include "data/shards.h"
+#include "data/tokenizer.h"
+#include "model/hf_io.h"
+#include "model/memory.h"
+#include "model/model.h"
+#include "model/runtime.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+#include "train/checkpoint.h"
+#include "train/commands.h"
+#include "train/dist.h"
+#include "train/signals.h"
+#include "train/train_config.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_DENOISERS 16
+
+typedef struct Trainer {
+  TrainConfig tc;
+  Model m;
+  Model teacher;
+  int has_teacher;
+  Tokenizer *tok;                /* NULL for pre-tokenized data without tokenizer= */
+  uint64_t tok_hash;
+  int64_t tok_vocab;
+  ObjSpecials sp;
+  int32_t sentinels[OBJ_MAX_SENTINELS];
+  Ul2Denoiser den[MAX_DENOISERS];
+  int n_den;
+  ShardReader *reader;
+  SftData *sft, *sft_val;
+  Objective *obj;
+  AdamW opt;
+  LrSchedule sched;
+  int64_t lo, hi;               /* this rank's optimizer slice */
+  Batch *mb;                    /* grad_accum micro-batches */
+  Arena arena;
+  Graph g;
+  int64_t step;
+  int64_t bad_in_row, bad_total;
+  int warmup_cross;
+  int rank, world;
+  FILE *metrics, *log;
+  double gemm_gflops;
+  double flops_per_example;
+  double t_start;
+  int64_t tokens_since_log;
+  double time_since_log;
+  double last_val_loss;
+} Trainer;
+
+static void tlog(Trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tlog(Trainer *t, const char *fmt, ...) {
+  if (t->rank != 0) return;
+  va_list ap;
+  va_start(ap, fmt); vfprintf(stdout, fmt, ap); va_end(ap);
+  fflush(stdout);
+  if (t->log) { va_start(ap, fmt); vfprintf(t->log, fmt, ap); va_end(ap); fflush(t->log); }
+}
+
+static void fail(Trainer *t) {
+  if (dist_active()) dist_abort(t5g_last_error());
+  t5g_die_last();
+}
+
+static int is_encdec_objective(const TrainConfig *tc, const Model *m) {
+  if (!strcmp(tc->objective, "causal")) return 0;
+  if (!strcmp(tc->objective, "sft")) return m->cfg.kind == MODEL_T5GEMMA;
+  return 1;
+}
+
+/* ---- model, tokenizer, data --------------------------------------------------------------- */
+
+static void setup_model(Trainer *t) {
+  TrainConfig *tc = &t->tc;
+  if (tc->init[0]) {
+    if (model_load_dir(&t->m, tc->init) != 0) fail(t);
+  } else {
+    ModelConfig c;
+    if (config_resolve(tc->model, &c) != 0) fail(t);
+    if (model_init(&t->m, &c) != 0) fail(t);
+    model_init_random(&t->m, tc->seed);
+  }
+  if (tc->encoder_causal) t->m.cfg.encoder_causal = 1;
+  if (tc->dropout > 0) { t->m.cfg.enc.dropout_rate = tc->dropout; t->m.cfg.dec.dropout_rate = tc->dropout; }
+  t->m.recompute = tc->recompute;
+  int kind = t->m.cfg.kind;
+  if (!strcmp(tc->objective, "causal") && kind != MODEL_GEMMA2)
+    { t5g_error("train: objective causal trains a decoder-only Gemma 2 model, but %s is a T5Gemma model", tc->init[0] ? tc->init : tc->model); fail(t); }
+  if ((!strcmp(tc->objective, "prefixlm") || !strcmp(tc->objective, "ul2")) && kind != MODEL_T5GEMMA)
+    { t5g_error("train: objective %s trains a T5Gemma encoder-decoder, but %s is a Gemma 2 model (make one with `t5gemma adapt`)",
+                tc->objective, tc->init[0] ? tc->init : tc->model); fail(t); }
+  t->warmup_cross = tc->warmup_cross_steps;
+  if (t->warmup_cross < 0)
+    t->warmup_cross = kind == MODEL_T5GEMMA && t->m.cfg.enc.hidden_size != t->m.cfg.dec.hidden_size ? 1000 : 0;
+  if (tc->teacher[0]) {
+    if (model_load_dir(&t->teacher, tc->teacher) != 0) fail(t);
+    if (t->teacher.cfg.kind != MODEL_GEMMA2) { t5g_error("%s: the distillation teacher must be a Gemma 2 (decoder-only) checkpoint", tc->teacher); fail(t); }
+    if (t->teacher.cfg.dec.vocab_size != t->m.cfg.dec.vocab_size)
+      { t5g_error("%s: teacher vocab_size %d differs from the student's %d", tc->teacher, t->teacher.cfg.dec.vocab_size, t->m.cfg.dec.vocab_size); fail(t); }
+    for (int i = 0; i < t->teacher.ps.n; i++) params_set_frozen(&t->teacher.ps, i, 1);
+    t->has_teacher = 1;
+  }
+}
+
+static void setup_tokenizer(Trainer *t) {
+  TrainConfig *tc = &t->tc;
+  int need = !strcmp(tc->objective, "ul2") || !strcmp(tc->objective, "sft");
+  if (!tc->tokenizer[0]) {
+    /* Pre-tokenized data (`data prepare --format tokens`): <pad>/<eos>/<bos> ids come from the
+     * dataset's index.json. Sentinels (UL2) and the chat template (SFT) need the tokenizer. */
+    if (need) { t5g_error("train: objective %s needs tokenizer (special tokens are looked up by name)", tc->objective); fail(t); }
+    DatasetIndex *ix = dataset_index_load(tc->data);
+    if (!ix) fail(t);
+    const ShardTokenizerInfo *ti = &ix->tok;
+    if (ti->bos_id < 0 || ti->eos_id < 0 || ti->pad_id < 0) {
+      t5g_error("%s: index.json records no <bos>/<eos>/<pad> ids; set tokenizer=PATH (or prepare with --bos-id/--eos-id/--pad-id)", tc->data);
+      fail(t);
+    }
+    memset(&t->sp, 0, sizeof t->sp);
+    t->sp.pad = ti->pad_id; t->sp.eos = ti->eos_id; t->sp.bos = ti->bos_id;
+    t->sp.start_of_turn = t->sp.end_of_turn = -1;
+    t->tok_hash = ti->hash;
+    t->tok_vocab = ti->vocab_size;
+    dataset_index_free(ix);
+  } else {
+    t->tok = tokenizer_load(tc->tokenizer);
+    if (!t->tok) fail(t);
+    t->tok_hash = tokenizer_hash(t->tok);
+    t->tok_vocab = tokenizer_vocab_size(t->tok);
+    char fmt[64];
+    snprintf(fmt, sizeof fmt, "%s%%d>", tc->sentinel_prefix);
+    int want = !strcmp(tc->objective, "ul2") ? OBJ_MAX_SENTINELS : 0;
+    if (obj_specials_from_tokenizer(t->tok, fmt, t->sentinels, want, &t->sp) < 0) fail(t);
+    if (!strcmp(tc->objective, "ul2") && t->sp.n_sentinels == 0) { t5g_error("train: objective ul2 needs sentinel tokens %s (none in %s)", fmt, tc->tokenizer); fail(t); }
+  }
+  if (t->tok_vocab > t->m.cfg.dec.vocab_size) {
+    t5g_error("train: the tokenizer has %lld pieces but the model's vocab_size is %d", (long long)t->tok_vocab, t->m.cfg.dec.vocab_size);
+    fail(t);
+  }
+}
+
+static ShardReader *open_reader(Trainer *t, const char *split, int rank, int world, uint64_t seed, int prefetch) {
+  ShardReaderOpts o = shard_reader_default_opts();
+  o.seed = seed;
+  o.rank = rank;
+  o.world_size = world;
+  o.prefetch_docs = prefetch;
+  ShardReader *r = shard_reader_open(t->tc.data, split, &o);
+  if (!r) return NULL;
+  if (shard_reader_check_tokenizer(r, t->tok_hash, t->tok_vocab) != 0) { shard_reader_close(r); return NULL; }
+  return r;
+}
+
+/* A builder of the configured objective over `src` (stream objectives) or `sft` data. */
+static Objective *make_objective(Trainer *t, DocSource src, const DocSeeker *seeker, SftData *sft, uint64_t seed, int rank, int world, int epochs) {
+  TrainConfig *tc = &t->tc;
+  if (!strcmp(tc->objective, "causal")) {
+    CausalOptions o = obj_causal_defaults(tc->seq_len);
+    o.segments = tc->packed;
+    return obj_causal_new(&o, &t->sp, src, seeker, seed);
+  }
+  if (!strcmp(tc->objective, "prefixlm")) {
+    PrefixLMOptions o = obj_prefixlm_defaults(tc->enc_len, tc->dec_len);
+    if (tc->prefixlm_random_split) o.random_density = 0.5;
+    o.pack = tc->prefixlm_pack;
+    return obj_prefixlm_new(&o, &t->sp, src, seeker, seed);
+  }
+  if (!strcmp(tc->objective, "ul2")) {
+    Ul2Options o = obj_ul2_defaults(tc->enc_len, tc->dec_len, t->den, t->n_den);
+    return obj_ul2_new(&o, &t->sp, src, seeker, seed);
+  }
+  SftOptions o = obj_sft_defaults(t->m.cfg.kind == MODEL_T5GEMMA ? tc->enc_len : 0, t->m.cfg.kind == MODEL_T5GEMMA ? tc->dec_len : tc->seq_len);
+  o.encdec = t->m.cfg.kind == MODEL_T5GEMMA;
+  o.rank = rank;
+  o.world_size = world;
+  o.epochs = epochs;
+  if (epochs) o.shuffle = 0;
+  return obj_sft_new(&o, sft, sft_encoder_tokenizer(t->tok), &t->sp, seed);
+}
+
+static uint64_t rank_seed(uint64_t seed, int rank) { return seed + 0x9e3779b97f4a7c15ULL * (uint64_t)rank; }
+
+static void setup_data(Trainer *t) {
+  TrainConfig *tc = &t->tc;
+  if (!strcmp(tc->objective, "ul2")) {
+    t->n_den = ul2_parse(tc->ul2_mixture, t->den, MAX_DENOISERS);
+    if (t->n_den < 0 || obj_resolve_modes(t->den, t->n_den, t->tok) != 0) fail(t);
+  }
+  if (!strcmp(tc->objective, "sft")) {
+    t->sft = sft_open(tc->sft_data);
+    if (!t->sft) fail(t);
+    if (tc->sft_val_data[0] && !(t->sft_val = sft_open(tc->sft_val_data))) fail(t);
+    t->obj = make_objective(t, (DocSource){0}, NULL, t->sft, tc->seed, t->rank, t->world, 0);
+  } else {
+    t->reader = open_reader(t, tc->train_split, t->rank, t->world, tc->seed, 64);
+    if (!t->reader) fail(t);
+    DocSeeker sk = obj_shard_seeker(t->reader);
+    t->obj = make_objective(t, shard_reader_source(t->reader), &sk, NULL, rank_seed(tc->seed, t->rank), t->rank, t->world, 0);
+  }
+  if (!t->obj) fail(t);
+  t->mb = t5g_calloc(tc->grad_accum, sizeof(Batch));
+  for (int k = 0; k < tc->grad_accum; k++) obj_batch_alloc(t->obj, &t->mb[k], tc->batch_size);
+}
+
+/* ---- losses ------------------------------------------------------------------------------- */
+
+/* Teacher targets for distillation (spec 4.2): the decoder-only teacher reads each row's prefix
+ * (the encoder's real tokens) followed by its target tokens, in no-grad mode; its distribution at
+ * the position before target t is the soft target of the student's row t. Returns k. */
+static int teacher_targets(Trainer *t, const Batch *b, int32_t **ids_out, float **probs_out) {
+  TrainConfig *tc = &t->tc;
+  int B = b->B, Te = b->Te, Td = b->Td, L = Te + Td;
+  int64_t V = t->m.cfg.dec.vocab_size;
+  int k = tc->distill_topk > 0 && tc->distill_topk < V ? tc->distill_topk : (int)V;
+  Batch tb;
+  batch_alloc(&tb, B, 0, L, 0);
+  int *plen = t5g_calloc(B, sizeof(int));
+  for (int r = 0; r < B; r++) {
+    int p = 0, n = 0;
+    for (int i = 0; i < Te; i++) if (b->enc_mask[(int64_t)r * Te + i]) tb.dec_ids[(int64_t)r * L + p++] = b->enc_ids[(int64_t)r * Te + i];
+    plen[r] = p;
+    for (int i = 0; i < Td; i++) if (b->labels[(int64_t)r * Td + i] != -100) tb.dec_ids[(int64_t)r * L + p + n++] = b->labels[(int64_t)r * Td + i];
+    for (int i = 0; i < L; i++) { tb.dec_mask[(int64_t)r * L + i] = i < p + n; tb.dec_pos[(int64_t)r * L + i] = i; tb.labels[(int64_t)r * L + i] = -100; }
+  }
+  int saved = t->g.grad_enabled;
+  t->g.grad_enabled = 0;
+  ArenaMark mk = arena_mark(t->g.arena);
+  Tensor *h = model_hidden(&t->teacher, &t->g, &tb);
+  int64_t d = t->teacher.cfg.dec.hidden_size, N = (int64_t)B * Td;
+  float *rows = t5g_calloc(N * d, sizeof(float));
+  for (int r = 0; r < B; r++)
+    for (int i = 0; i < Td; i++) {
+      int pos = plen[r] - 1 + i;
+      if (b->labels[(int64_t)r * Td + i] == -100 || pos < 0) continue;
+      memcpy(rows + ((int64_t)r * Td + i) * d, h->data + ((int64_t)r * L + pos) * d, d * sizeof(float));
+    }
+  arena_release(t->g.arena, mk);
+  t->g.grad_enabled = saved;
+  *ids_out = k < V ? t5g_malloc(N * (int64_t)k * sizeof(int32_t)) : NULL;
+  *probs_out = t5g_malloc(N * (int64_t)k * sizeof(float));
+  logits_topk(rows, N, t->teacher.dec.embed, t->teacher.cfg.dec.final_logit_softcapping, (float)tc->distill_temperature, k, *ids_out, *probs_out);
+  free(rows); free(plen);
+  batch_free(&tb);
+  return k;
+}
+
+/* Forward and loss of one micro-batch (records the tape). */
+static Tensor *micro_loss(Trainer *t, const Batch *b, float norm, LossStats *st, int32_t **tids, float **tprobs) {
+  if (!t->has_teacher) return model_loss(&t->m, &t->g, b, norm, st, NULL, NULL);
+  int k = teacher_targets(t, b, tids, tprobs);
+  Tensor *h = model_hidden(&t->m, &t->g, b);
+  return op_softcap_ce_distill(&t->g, h, t->m.dec.embed, b->labels, *tids, *tprobs, k, t->m.cfg.dec.final_logit_softcapping,
+                               (float)t->tc.distill_temperature, (float)t->tc.distill_alpha, norm, st);
+}
+
+/* Validation: the mean target-token loss over eval_batches batches of the validation split,
+ * the same batches every time (a fresh builder with a fixed seed over one epoch). */
+static double validate(Trainer *t, int64_t *n_tokens) {
+  TrainConfig *tc = &t->tc;
+  Objective *o = NULL;
+  ShardReader *r = NULL;
+  if (!strcmp(tc->objective, "sft")) {
+    if (!t->sft_val) { *n_tokens = 0; return NAN; }
+    o = make_objective(t, (DocSource){0}, NULL, t->sft_val, tc->seed, t->rank, t->world, 1);
+  } else {
+    r = open_reader(t, tc->val_split, t->rank, t->world, tc->seed, 0);
+    if (!r) { *n_tokens = 0; return NAN; }    /* no validation split */
+    o = make_objective(t, shard_reader_source_epoch(r), NULL, NULL, rank_seed(tc->seed ^ 0x7a1, t->rank), t->rank, t->world, 1);
+  }
+  if (!o) fail(t);
+  Batch b;
+  obj_batch_alloc(o, &b, tc->batch_size);
+  double sums[2] = {0, 0};
+  int saved = t->g.grad_enabled;
+  t->g.grad_enabled = 0;
+  for (int i = 0; i < tc->eval_batches; i++) {
+    int rc = obj_next_batch(o, &b);
+    if (rc < 0) fail(t);
+    if (rc == 0) break;
+    LossStats st;
+    graph_reset(&t->g);
+    model_loss(&t->m, &t->g, &b, 1.0f, &st, NULL, NULL);
+    sums[0] += st.sum_nll;
+    sums[1] += (double)st.n_tokens;
+  }
+  graph_reset(&t->g);
+  t->g.grad_enabled = saved;
+  dist_allreduce_sum_f64(sums, 2);
+  batch_free(&b);
+  obj_free(o);
+  if (r) shard_reader_close(r);
+  *n_tokens = (int64_t)sums[1];
+  return sums[1] > 0 ? sums[0] / sums[1] : NAN;
+}
+
+/* ---- checkpoints -------------------------------------------------------------------------- */
+
+static uint64_t weights_checksum(const ParamStore *ps) { return ckpt_checksum(ps->data, (size_t)ps->n_total * sizeof(float)); }
+
+static int save_checkpoint(Trainer *t) {
+  TrainConfig *tc = &t->tc;
+  /* every rank's objective state (it holds the reader position) goes into the file */
+  ObjState st;
+  if (obj_save(t->obj, &st) != 0) return -1;
+  int64_t *all = t5g_calloc((size_t)t->world * OBJ_STATE_LEN, sizeof(int64_t));
+  memcpy(all + (int64_t)t->rank * OBJ_STATE_LEN, st.v, sizeof st.v);
+  dist_allreduce_sum_i64(all, t->world * OBJ_STATE_LEN);
+  /* optimizer moments: gathered to rank 0 under ZeRO-1 */
+  float *m = NULL, *v = NULL;
+  int zero = tc->zero1 && t->world > 1;
+  if (zero) {
+    if (t->rank == 0) { m = t5g_alloc_aligned(t->m.ps.n_total * sizeof(float)); v = t5g_alloc_aligned(t->m.ps.n_total * sizeof(float)); }
+    dist_gather_slices(t->opt.m, m, t->m.ps.n_total);
+    dist_gather_slices(t->opt.v, v, t->m.ps.n_total);
+  }
+  int rc = 0;
+  if (t->rank == 0) {
+    char *path = ckpt_path_for_step(tc->run_dir, t->step);
+    Ckpt *c = ckpt_create(path, t->step);
+    char *tjs = train_config_to_json(tc), *mjs = config_to_json(&t->m.cfg);
+    int64_t counters[4] = {t->bad_in_row, t->bad_total, t->world, zero};
+    rc = !c || ckpt_put_params(c, &t->m.ps) ||
+         (zero ? ckpt_put_moments(c, &t->m.ps, m, v, t->opt.entry_step, t->opt.step, &t->opt.cfg) : ckpt_put_adamw(c, &t->m.ps, &t->opt)) ||
+         ckpt_put_schedule(c, &t->sched) || ckpt_put_i64s(c, "objective_states", all, (int64_t)t->world * OBJ_STATE_LEN) ||
+         ckpt_put_i64s(c, "counters", counters, 4) || ckpt_put_str(c, CKPT_TRAIN_CONFIG, tjs) ||
+         ckpt_put_str(c, CKPT_MODEL_CONFIG, mjs) || ckpt_put_tokenizer_id(c, t->tok_hash, t->tok_vocab);
+    if (rc) { if (c) ckpt_abandon(c); }
+    else rc = ckpt_commit(c);
+    if (rc == 0 && tc->keep_last > 0) rc = ckpt_prune(tc->run_dir, tc->keep_last);
+    if (rc == 0) tlog(t, "checkpoint: %s\n", path);
+    free(path); free(tjs); free(mjs);
+  }
+  int64_t r64 = rc ? 1 : 0;
+  dist_allreduce_sum_i64(&r64, 1);
+  free(all); free(m); free(v);
+  if (r64 && t->rank != 0) t5g_error("checkpoint failed on rank 0");
+  return r64 ? -1 : 0;
+}
+
+typedef struct LoadCtx { Trainer *t; } LoadCtx;
+
+static int load_checkpoint(Ckpt *c, void *ud) {
+  Trainer *t = ((LoadCtx *)ud)->t;
+  uint64_t h; int64_t vs;
+  if (ckpt_get_tokenizer_id(c, &h, &vs) != 0) return -1;
+  if (h != t->tok_hash) return t5g_error("%s: written with another tokenizer (hash %016llx, this run's has %016llx)",
+                                         ckpt_path(c), (unsigned long long)h, (unsigned long long)t->tok_hash);
+  if (ckpt_get_params(c, &t->m.ps) != 0) return -1;
+  int64_t counters[4];
+  if (ckpt_get_i64s(c, "counters", counters, 4) != 0) return -1;
+  int64_t old_world = counters[2];
+  /* AdamW moments of this rank's slice (the whole buffer without ZeRO-1): a checkpoint of any
+   * world size resumes on any other */
+  if (ckpt_get_adamw(c, &t->m.ps, &t->opt) != 0) return -1;
+  int64_t n = ckpt_len_i64s(c, "objective_states");
+  if (n != old_world * OBJ_STATE_LEN) return t5g_error("%s: objective_states has %lld values, expected %lld", ckpt_path(c), (long long)n, (long long)(old_world * OBJ_STATE_LEN));
+  int64_t *all = t5g_malloc(n * sizeof(int64_t));
+  if (ckpt_get_i64s(c, "objective_states", all, n) != 0) { free(all); return -1; }
+  ObjState st;
+  if (old_world == t->world) {
+    memcpy(st.v, all + (int64_t)t->rank * OBJ_STATE_LEN, sizeof st.v);
+    if (obj_restore(t->obj, &st) != 0) { free(all); return -1; }
+  } else if (t->reader) {
+    /* another world size: re-split the global document position; builders restart at the next
+     * document (the partly consumed documents in flight are dropped, see objectives.h) */
+    ShardReaderState rs;
+    memcpy(st.v, all, sizeof st.v);
+    rs.seed = (uint64_t)st.v[8]; rs.epoch = (uint64_t)st.v[9]; rs.base = (uint64_t)st.v[10]; rs.position = (uint64_t)st.v[11];
+    rs.rank = (uint32_t)st.v[12]; rs.world_size = (uint32_t)st.v[13];
+    ShardReaderState ns = shard_state_resplit(&rs, t->rank, t->world);
+    if (shard_reader_set_state(t->reader, &ns) != 0) { free(all); return -1; }
+    tlog(t, "resume: data re-split from %lld to %d ranks (documents in flight dropped)\n", (long long)old_world, t->world);
+  } else {
+    free(all);
+    return t5g_error("%s: written by %lld ranks; sft runs resume on the same number of ranks", ckpt_path(c), (long long)old_world);
+  }
+  free(all);
+  t->step = ckpt_step(c);
+  t->bad_in_row = counters[0];
+  t->bad_total = counters[1];
+  return 0;
+}
+
+/* ---- the loop ----------------------------------------------------------------------------- */
+
+static void set_warmup(Trainer *t) {
+  int on = t->step < t->warmup_cross;
+  static int state = -1;
+  if (on != state) {
+    model_set_cross_attn_only(&t->m, on);
+    if (on) tlog(t, "warm-up: training cross-attention only until step %d (spec 3.1)\n", t->warmup_cross);
+    else if (state == 1) tlog(t, "warm-up over at step %lld: training all parameters\n", (long long)t->step);
+    state = on;
+  }
+}
+
+static double step_flops(Trainer *t, int64_t rows) {
+  return 3.0 * t->flops_per_example * (double)rows;   /* forward + backward (2x forward) */
+}
+
+static int train_step(Trainer *t, double *loss_out, double *gnorm_out, int64_t *tokens_out, int64_t *targets_out) {
+  TrainConfig *tc = &t->tc;
+  set_warmup(t);
+  int64_t counts[2] = {0, 0};      /* target tokens, input tokens */
+  for (int k = 0; k < tc->grad_accum; k++) {
+    int rc = obj_next_batch(t->obj, &t->mb[k]);
+    if (rc < 0) fail(t);
+    if (rc == 0) { t5g_error("train: the training data ended (objective %s)", tc->objective); fail(t); }
+    counts[0] += t->mb[k].n_targets;
+    Batch *b = &t->mb[k];
+    for (int64_t i = 0; i < (int64_t)b->B * b->Te; i++) counts[1] += b->enc_mask[i];
+    for (int64_t i = 0; i < (int64_t)b->B * b->Td; i++) counts[1] += b->dec_mask[i];
+  }
+  dist_allreduce_sum_i64(counts, 2);
+  float norm = counts[0] > 0 ? (float)counts[0] : 1.0f;
+  params_zero_grad(&t->m.ps);
+  double loss_sum = 0;
+  for (int k = 0; k < tc->grad_accum; k++) {
+    graph_reset(&t->g);
+    t->g.dropout_seed = splitmix64(tc->seed ^ splitmix64((uint64_t)t->step * 1000003ULL + (uint64_t)k * 7919ULL + (uint64_t)t->rank));
+    t->g.dropout_calls = 0;
+    LossStats st;
+    int32_t *tids = NULL; float *tprobs = NULL;
+    Tensor *loss = micro_loss(t, &t->mb[k], norm, &st, &tids, &tprobs);
+    loss_sum += loss->data[0];
+    graph_backward(&t->g, loss);
+    free(tids); free(tprobs);
+  }
+  graph_reset(&t->g);
+  dist_allreduce_sum_f64(&loss_sum, 1);
+  ParamStore *ps = &t->m.ps;
+  int zero = tc->zero1 && t->world > 1;
+  double gnorm;
+  int nonfinite;
+  double t0 = t->g.profile ? t5g_now() : 0;
+  if (zero) {
+    dist_reduce_scatter_sum(ps->grad, ps->n_total);
+    double ss = adamw_grad_sumsq(ps, t->lo, t->hi);
+    dist_allreduce_sum_f64(&ss, 1);
+    gnorm = sqrt(ss);
+    nonfinite = !isfinite(gnorm);
+    double coef = adamw_clip_coef(gnorm, tc->clip);
+    if (!nonfinite && coef < 1) adamw_scale_grad(ps, t->lo, t->hi, (float)coef);
+  } else {
+    dist_allreduce_sum_f32(ps->grad, ps->n_total);
+    gnorm = adamw_clip_grad_norm(ps, tc->clip, &nonfinite);
+  }
+  if (t->g.profile) t->g.prof_sec[OPK_COMM] += t5g_now() - t0;
+  *loss_out = loss_sum;
+  *gnorm_out = gnorm;
+  *tokens_out = counts[1];
+  *targets_out = counts[0];
+  if (nonfinite || !isfinite(loss_sum)) return 0;
+  t0 = t->g.profile ? t5g_now() : 0;
+  adamw_step(&t->opt, ps, lr_schedule_lr(&t->sched, t->step));
+  if (zero) dist_allgather(ps->data, ps->n_total);
+  if (t->g.profile) t->g.prof_sec[OPK_OPTIMIZER] += t5g_now() - t0;
+  return 1;
+}
+
+static void usage_error(const char *msg) {
+  fprintf(stderr, "t5gemma train: %s\n", msg);
+  train_config_print_help();
+  exit(2);
+}
+
+int cmd_train(int argc, char **argv) {
+  if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) { train_config_print_help(); return 0; }
+  dist_init(&argc, &argv);
+  Trainer *t = t5g_calloc(1, sizeof *t);
+  t->rank = dist_rank();
+  t->world = dist_world();
+  TrainConfig *tc = &t->tc;
+  train_config_defaults(tc);
+  int i0 = 1;
+  if (argc >= 2 && !strchr(argv[1], '=')) {
+    if (train_config_load(tc, argv[1]) != 0) fail(t);
+    i0 = 2;
+  }
+  for (int i = i0; i < argc; i++) {
+    char *eq = strchr(argv[i], '=');
+    if (!eq) usage_error("arguments after the config file must be key=value");
+    *eq = 0;
+    if (train_config_set(tc, argv[i], eq + 1, "command line") != 0) fail(t);
+    *eq = '=';
+  }
+  if (tc->resume[0]) {
+    if (strcmp(tc->run_dir, "runs/run") == 0 || !tc->run_dir[0]) snprintf(tc->run_dir, sizeof tc->run_dir, "%s", tc->resume);
+  }
+  if (train_config_validate(tc) != 0) fail(t);
+  if (tc->threads > 0) t5g_set_threads(tc->threads);
+  if (t->rank == 0 && t5g_mkdir_p(tc->run_dir) != 0) fail(t);
+  dist_barrier();
+  if (t->rank == 0) {
+    char *lp = t5g_path_join(tc->run_dir, "train.log"), *mp = t5g_path_join(tc->run_dir, "metrics.jsonl");
+    t->log = fopen(lp, tc->resume[0] ? "a" : "w");
+    t->metrics = fopen(mp, tc->resume[0] ? "a" : "w");
+    if (!t->log || !t->metrics) { t5g_error("%s: cannot write train.log / metrics.jsonl", tc->run_dir); fail(t); }
+    free(lp); free(mp);
+  }
+  setup_model(t);
+  setup_tokenizer(t);
+  setup_data(t);
+  int encdec = is_encdec_objective(tc, &t->m);
+  int Te = encdec ? obj_enc_len(t->obj) : 0, Td = obj_dec_len(t->obj);
+  /* memory: refuse before allocating activations */
+  MemEstimate me = memory_train(&t->m.cfg, tc->batch_size, Te, Td, tc->recompute, t->world, tc->zero1);
+  if (memory_check("train", me.total) != 0) fail(t);
+  /* optimizer */
+  AdamWConfig ac;
+  adamw_config_default(&ac);
+  ac.beta1 = tc->beta1; ac.beta2 = tc->beta2; ac.eps = tc->eps; ac.weight_decay = tc->weight_decay;
+  ac.decay_embed = tc->decay_embeddings; ac.max_grad_norm = tc->clip;
+  if (adamw_config_check(&ac, "train config") != 0) fail(t);
+  t->lo = 0; t->hi = t->m.ps.n_total;
+  if (tc->zero1 && t->world > 1) dist_slice(t->m.ps.n_total, t->rank, &t->lo, &t->hi);
+  if (adamw_init(&t->opt, &t->m.ps, &ac, t->lo, t->hi) != 0) fail(t);
+  lr_schedule_default(&t->sched);
+  if (lr_decay_parse(tc->schedule, &t->sched.decay) != 0) fail(t);
+  t->sched.peak_lr = tc->lr;
+  t->sched.warmup_steps = tc->warmup_steps;
+  t->sched.total_steps = tc->steps > tc->warmup_steps ? tc->steps : tc->warmup_steps + 1;
+  t->sched.min_lr_ratio = tc->min_lr_ratio;
+  if (tc->lr > 0 && lr_schedule_check(&t->sched, "train config") != 0) fail(t);
+  arena_init(&t->arena, 0);
+  graph_init(&t->g, &t->arena);
+  t->g.profile = 1;
+  /* resume */
+  if (tc->resume[0]) {
+    LoadCtx lc = {t};
+    char *loaded = NULL;
+    int rc = ckpt_load_latest(tc->resume, load_checkpoint, &lc, &loaded);
+    if (rc < 0) fail(t);
+    if (rc == 0) tlog(t, "resume: no checkpoint in %s, starting from step 0\n", tc->resume);
+    else tlog(t, "resume: %s (step %lld)\n", loaded, (long long)t->step);
+    free(loaded);
+  }
+  /* everything identical on every rank from here */
+  if (!dist_same_u64(weights_checksum(&t->m.ps))) { t5g_error("train: weights differ across ranks at start"); fail(t); }
+  t->gemm_gflops = t5g_sgemm_gflops(1024, 1024, 1024);
+  t->flops_per_example = config_flops_per_example(&t->m.cfg, Te, Td);
+  ParamCounts pc = config_param_counts(&t->m.cfg);
+  char b1[32], b2[32];
+  tlog(t, "train: %s, %s, %.1fM parameters (%.1fM trainable), objective %s, %d rank(s) x %d thread(s), OpenBLAS %s\n",
+       tc->init[0] ? tc->init : tc->model, t->m.cfg.kind == MODEL_T5GEMMA ? "T5Gemma" : "Gemma 2", pc.total / 1e6,
+       params_count_trainable(&t->m.ps) / 1e6, tc->objective, t->world, t5g_threads(), t5g_blas_core());
+  tlog(t, "train: batch %d x %d micro-batch(es) x %d rank(s), lengths enc %d dec %d, %d steps, lr %g (%s, warm-up %d), predicted memory %s per rank, sgemm %.0f GFLOP/s\n",
+       tc->batch_size, tc->grad_accum, t->world, Te, Td, tc->steps, tc->lr, tc->schedule, tc->warmup_steps,
+       t5g_fmt_bytes((double)me.total, b1, sizeof b1), t->gemm_gflops);
+  if (t->rank == 0) {
+    char *cp = t5g_path_join(tc->run_dir, "train_config.json"), *js = train_config_to_json(tc);
+    T5gOutFile of;
+    if (t5g_open_out(&of, cp) == 0) { fputs(js, of.f); t5g_commit_file(&of); }
+    free(cp); free(js);
+  }
+  t5g_signals_install();
+  t->t_start = t5g_now();
+  double t_last = t5g_now();
+  int64_t rows_since = 0;
+  int stop = 0;
+  while (t->step < tc->steps && !stop) {
+    double loss, gnorm;
+    int64_t toks, targets;
+    int ok = train_step(t, &loss, &gnorm, &toks, &targets);
+    double lr = lr_schedule_lr(&t->sched, t->step);
+    if (!ok) {
+      t->bad_in_row++;
+      t->bad_total++;
+      tlog(t, "step %lld: non-finite %s (loss %g, grad norm %g): step skipped (%lld in a row, %lld in all)\n", (long long)t->step + 1,
+           isfinite(loss) ? "gradient" : "loss", loss, gnorm, (long long)t->bad_in_row, (long long)t->bad_total);
+      if (t->bad_in_row >= tc->max_bad_steps) {
+        t5g_error("train: %lld non-finite steps in a row; stopping. The last good checkpoint is kept in %s (resume=%s); "
+                  "lower lr, check the data, or raise max_bad_steps", (long long)t->bad_in_row, tc->run_dir, tc->run_dir);
+        fail(t);
+      }
+      continue;
+    }
+    t->bad_in_row = 0;
+    t->step++;
+    t->tokens_since_log += toks;
+    rows_since += (int64_t)tc->batch_size * tc->grad_accum * t->world;
+    int last = t->step == tc->steps;
+    if (t->step % tc->log_every == 0 || last || t->step == 1) {
+      double now = t5g_now(), dt = now - t_last;
+      double tps = t->tokens_since_log / dt;
+      double mfu = step_flops(t, rows_since) / dt / (t->gemm_gflops * 1e9 * t->world);
+      double eta = (now - t->t_start) / (double)t->step * (double)(tc->steps - t->step);
+      tlog(t, "step %6lld/%d  loss %.4f  lr %.3g  gnorm %.3g  %.0f tok/s  MFU %.1f%%  %.1fs/step  left %s\n",
+           (long long)t->step, tc->steps, loss, lr, gnorm, tps, 100 * mfu, dt / (t->step == 1 ? 1 : (t->step % tc->log_every ? t->step % tc->log_every : tc->log_every)),
+           eta > 3600 ? (snprintf(b2, sizeof b2, "%.1fh", eta / 3600), b2) : (snprintf(b2, sizeof b2, "%.0fs", eta), b2));
+      if (t->metrics) {
+        fprintf(t->metrics, "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens_per_s\": %.1f, \"mfu\": %.4f, "
+                "\"target_tokens\": %lld, \"elapsed_s\": %.2f, \"skipped_steps\": %lld",
+                (long long)t->step, loss, lr, gnorm, tps, mfu, (long long)targets, now - t->t_start, (long long)t->bad_total);
+        for (int k = 0; k < OPK_COUNT; k++) fprintf(t->metrics, ", \"time_%s_s\": %.3f", op_kind_names[k], t->g.prof_sec[k]);
+        fprintf(t->metrics, "}\n");
+        fflush(t->metrics);
+      }
+      t_last = now;
+      t->tokens_since_log = 0;
+      rows_since = 0;
+    }
+    if ((tc->eval_every > 0 && t->step % tc->eval_every == 0) || last) {
+      int64_t nt;
+      double vl = validate(t, &nt);
+      if (nt > 0) {
+        t->last_val_loss = vl;
+        tlog(t, "step %6lld  validation loss %.4f  perplexity %.2f  (%lld target tokens)\n", (long long)t->step, vl, exp(vl), (long long)nt);
+        if (t->metrics) { fprintf(t->metrics, "{\"step\": %lld, \"val_loss\": %.6f, \"val_tokens\": %lld}\n", (long long)t->step, vl, (long long)nt); fflush(t->metrics); }
+      }
+      t_last = t5g_now();
+    }
+    int64_t sig = t5g_stop_requested();
+    dist_allreduce_sum_i64(&sig, 1);
+    if (sig) { tlog(t, "signal received: saving a checkpoint at step %lld and stopping\n", (long long)t->step); stop = 1; }
+    if ((tc->save_every > 0 && t->step % tc->save_every == 0) || last || stop) {
+      if (save_checkpoint(t) != 0) fail(t);
+      t_last = t5g_now();
+    }
+    if (tc->eval_every > 0 && t->step % tc->eval_every == 0 && t->step % 1 == 0 && !dist_same_u64(weights_checksum(&t->m.ps))) {
+      t5g_error("train: weights differ across ranks at step %lld (non-deterministic reduction?)", (long long)t->step);
+      fail(t);
+    }
+  }
+  if (!stop && t->rank == 0) {
+    /* the final model in Hugging Face format (optionally the average of the last checkpoints) */
+    char *hf = t5g_path_join(tc->run_dir, "hf");
+    if (tc->average_last > 1) {
+      int used = 0;
+      if (ckpt_average_last(tc->run_dir, tc->average_last, &t->m.ps, &used) != 0) fail(t);
+      tlog(t, "averaged the weights of the last %d checkpoints (spec 4.4)\n", used);
+    }
+    if (hf_save(&t->m.ps, &t->m.cfg, hf, NULL) != 0) fail(t);
+    tlog(t, "done: %lld steps in %.1f s; model in %s (Hugging Face format), checkpoints in %s\n",
+         (long long)t->step, t5g_now() - t->t_start, hf, tc->run_dir);
+    double tot = 0;
+    for (int k = 0; k < OPK_COUNT; k++) tot += t->g.prof_sec[k];
+    tlog(t, "time by kind of work:");
+    for (int k = 0; k < OPK_COUNT; k++) if (t->g.prof_sec[k] > 0) tlog(t, " %s %.0f%%", op_kind_names[k], 100 * t->g.prof_sec[k] / (tot > 0 ? tot : 1));
+    tlog(t, "\n");
+    free(hf);
+  }
+  if (t->log) fclose(t->log);
+  if (t->metrics) fclose(t->metrics);
+  dist_barrier();
+  dist_finalize();
+  return 0;
+}
