@@ -63,11 +63,24 @@ MemEstimate memory_train(const ModelConfig *c, int B, int Te, int Td, int recomp
   return m;
 }
 
+/* No-grad forward (model.c stack_forward_ex): one layer's tensors at a time, two ping-pong
+ * [B, T, d] buffers per stack, the embedding output, the encoder output kept for the decoder. */
+static int64_t nograd_stack(const StackConfig *s, int64_t tokens, int cross, int64_t enc_tokens, int64_t kd) {
+  int64_t d = s->hidden_size;
+  return 4 * (layer_floats(s, cross) * tokens + (cross ? 2 * kd * enc_tokens : 0) + 4 * d * tokens);
+}
+
 MemEstimate memory_infer(const ModelConfig *c, int B, int Te, int Td, int bf16_weights) {
   MemEstimate m = {0};
   int64_t P = config_param_counts(c).total;
   m.weights = (bf16_weights ? 2 : 4) * P;
-  m.activations = memory_activations(c, B, Te, Td, 0) + loss_buffers(c, (int64_t)B * Td);
+  int64_t te = (int64_t)B * Te, td = (int64_t)B * Td;
+  if (c->kind == MODEL_T5GEMMA)
+    m.activations = nograd_stack(&c->enc, te, 0, 0, 0) +
+                    nograd_stack(&c->dec, td, 1, te, (int64_t)c->dec.num_key_value_heads * c->dec.head_dim);
+  else
+    m.activations = nograd_stack(&c->dec, td, 0, 0, 0);
+  m.activations += loss_buffers(c, td);
   total(&m);
   return m;
 }

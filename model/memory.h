@@ -23,9 +23,8 @@ typedef struct MemEstimate {
 /* Training step: B rows of Te encoder / Td decoder tokens (Gemma 2: Te = 0). ranks >= 1;
  * zero1: optimizer state sharded over ranks. */
 MemEstimate memory_train(const ModelConfig *c, int B, int Te, int Td, int recompute, int ranks, int zero1);
-/* Inference (score / eval / generate): weights (f32 or bf16), activations of one forward pass
- * without gradients (the arena's peak: a layer's tensors at a time is NOT assumed: the bump
- * arena keeps every tensor of the forward), plus KV caches for generation (max_new tokens). */
+/* Inference (score / eval): weights (f32 or bf16) and a no-grad forward pass, which keeps one
+ * layer's tensors at a time (model.c stack_forward_ex). */
 MemEstimate memory_infer(const ModelConfig *c, int B, int Te, int Td, int bf16_weights);
 /* Streaming adaptation: one tensor at a time (the largest, in f32), plus mapped pages. */
 MemEstimate memory_adapt(const ModelConfig *target);

@@ -228,8 +228,9 @@ static Tensor *layer_forward(Graph *g, const LayerArgs *la, Tensor *x, Tensor *e
 /* ---- Activation recomputation (checkpointing) ---------------------------------------------
  * Forward runs the layer without recording and keeps only its output; one tape node stands for
  * the layer. Its backward re-runs the layer with recording on (same dropout masks: the dropout
- * counter is restored), back-propagates the layer alone into private gradient buffers of its
- * inputs, adds them to the real ones, and gives the layer's activations back to the arena. */
+ * counter is restored), back-propagates the layer alone (its gradients land in the inputs' own
+ * buffers, so results are bit-identical to running without recomputation), and gives the
+ * layer's activations back to the arena. */
 typedef struct RecomputeCtx {
   Graph *g;
   LayerArgs la;
@@ -244,26 +245,19 @@ static int layer_has_trainable(const LayerParams *L) {
   return 0;
 }
 
-static Tensor *shadow(Graph *g, Tensor *t) {
-  /* same data, own gradient buffer: the recomputed sub-graph accumulates into it */
-  Tensor *c = tensor_wrap(g, t->name, t->data, t->ndim, t->shape);
-  c->requires_grad = t->requires_grad;
-  return c;
-}
-
 static void recompute_backward(void *p) {
   RecomputeCtx *c = p;
   Graph *g = c->g;
   if (!c->x_out->grad) return;
-  float *dx_in = c->x_in->requires_grad ? tensor_grad(g, c->x_in) : NULL;
-  float *denc = c->enc_out && c->enc_out->requires_grad ? tensor_grad(g, c->enc_out) : NULL;
+  /* the inputs' gradient buffers must exist below the mark: the recomputed layer's backward
+   * accumulates into them directly, in the same order as without recomputation */
+  if (c->x_in->requires_grad) tensor_grad(g, c->x_in);
+  if (c->enc_out && c->enc_out->requires_grad) tensor_grad(g, c->enc_out);
   ArenaMark mk = arena_mark(g->arena);
   int saved_nodes = g->n_nodes;
   uint64_t saved_calls = g->dropout_calls;
   g->dropout_calls = c->dropout_calls;
-  Tensor *xs = shadow(g, c->x_in);
-  Tensor *es = c->enc_out ? shadow(g, c->enc_out) : NULL;
-  Tensor *y = layer_forward(g, &c->la, xs, es);
+  Tensor *y = layer_forward(g, &c->la, c->x_in, c->enc_out);
   g->dropout_calls = saved_calls;
   if (y->requires_grad) {
     float *dy = tensor_grad(g, y);
@@ -275,8 +269,6 @@ static void recompute_backward(void *p) {
     }
   }
   g->n_nodes = saved_nodes;
-  if (dx_in && xs->grad) for (int64_t i = 0; i < xs->n; i++) dx_in[i] += xs->grad[i];
-  if (denc && es && es->grad) for (int64_t i = 0; i < es->n; i++) denc[i] += es->grad[i];
   arena_release(g->arena, mk);
 }
 
@@ -306,9 +298,25 @@ Tensor *stack_forward_ex(Graph *g, const StackParams *sp, const int32_t *ids, co
   Tensor *x = op_embedding(g, ids, 2, shape, sp->embed, sp->embed_scale);
   x = op_dropout(g, x, s->dropout_rate);
   LayerArgs la = {sp, 0, mask, pos, seg, B, T, causal, enc_out, enc_mask, enc_seg, Te};
-  for (int i = 0; i < s->num_hidden_layers; i++) {
-    la.layer = i;
-    x = recompute ? layer_forward_recompute(g, &la, x, enc_out) : layer_forward(g, &la, x, enc_out);
+  if (!g->grad_enabled) {
+    /* No-grad (evaluation, scoring, a teacher): nothing is kept for backward, so each layer's
+     * tensors go back to the arena as soon as its output is copied into one of two ping-pong
+     * buffers; memory is one layer's activations plus two [B, T, d] buffers. */
+    Tensor *buf[2] = {tensor_new(g, "layer_out", x->ndim, x->shape), tensor_new(g, "layer_out", x->ndim, x->shape)};
+    for (int i = 0; i < s->num_hidden_layers; i++) {
+      la.layer = i;
+      ArenaMark mk = arena_mark(g->arena);
+      Tensor *y = layer_forward(g, &la, x, enc_out);
+      Tensor *dst = buf[i & 1];
+      memcpy(dst->data, y->data, (size_t)dst->n * sizeof(float));
+      arena_release(g->arena, mk);
+      x = dst;
+    }
+  } else {
+    for (int i = 0; i < s->num_hidden_layers; i++) {
+      la.layer = i;
+      x = recompute ? layer_forward_recompute(g, &la, x, enc_out) : layer_forward(g, &la, x, enc_out);
+    }
   }
   x = op_rmsnorm(g, x, sp->final_norm, s->rms_norm_eps);
   return op_dropout(g, x, s->dropout_rate);
