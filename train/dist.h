@@ -40,6 +40,10 @@ void dist_allgather(float *buf, int64_t n);
 void dist_gather_slices(const float *slice, float *full, int64_t n);
 void dist_bcast(void *buf, int64_t bytes, int root);
 void dist_barrier(void);
+/* With several ranks: warn (once per node, on stderr) when `threads` OpenMP threads per rank
+ * exceed the CPUs this rank is bound to, or ranks-per-node x threads exceed the node's CPUs.
+ * No effect with one rank. */
+void dist_check_threads(int threads);
 /* Abort every rank with a message (non-zero exit). */
 void dist_abort(const char *msg) __attribute__((noreturn));
 /* Check that a 64-bit value (e.g. a checksum of the weights) is the same on every rank;

@@ -352,7 +352,7 @@ static int save_checkpoint(Trainer *t) {
          ckpt_put_str(c, CKPT_MODEL_CONFIG, mjs) || ckpt_put_tokenizer_id(c, t->tok_hash, t->tok_vocab);
     if (rc) { if (c) ckpt_abandon(c); }
     else rc = ckpt_commit(c);
-    if (rc == 0 && tc->keep_last > 0) rc = ckpt_prune(tc->run_dir, tc->keep_last);
+    if (rc == 0 && tc->keep_last > 0) rc = ckpt_prune(tc->run_dir, tc->keep_last) < 0;   /* returns the files deleted */
     if (rc == 0) tlog(t, "checkpoint: %s\n", path);
     free(path); free(tjs); free(mjs);
   }
@@ -364,6 +364,54 @@ static int save_checkpoint(Trainer *t) {
 }
 
 typedef struct LoadCtx { Trainer *t; } LoadCtx;
+
+/* Resume on another world size (stream objectives over the shard reader): the objective state
+ * for this rank, from the states all[old_world][OBJ_STATE_LEN] of the old ranks.
+ * Old rank r read the epoch order at positions base + r + k*W (data/shards.h), k < next_r, where
+ * next_r counts the document it holds as read (v[3]: a document a packing builder had partly used
+ * is dropped; unpacked PrefixLM rows use whole documents). The new ranks start a fresh split at
+ * base = the position after the last document any old rank read (the latest (epoch, position)
+ * over ranks): nothing is read twice; ranks of packing objectives read different numbers of
+ * documents, so the few unread documents of lagging ranks before that point are skipped
+ * (*skipped counts them). With unpacked rows in lock-step nothing is skipped and the run
+ * continues exactly as if it had run on the new world size from the start.
+ * The builder's Rng continues old rank r's stream for new rank r < old_world; higher ranks get a
+ * fresh stream from (seed, rank, step). Documents read counters restart from the old rank 0's. */
+static int resplit_state(Trainer *t, const int64_t *all, int64_t old_world, int64_t step, ObjState *out, int64_t *skipped) {
+  int64_t N = shard_reader_num_docs(t->reader), W = old_world;
+  uint64_t best_epoch = 0, best_after = 0;
+  uint64_t ep[W], after[W], base[W], next[W];
+  for (int64_t r = 0; r < W; r++) {
+    const int64_t *v = all + r * OBJ_STATE_LEN;
+    if (v[0] != all[0] || v[12] != r || v[13] != W)
+      return t5g_error("checkpoint: objective state of rank %lld of %lld is inconsistent (kind %lld, rank %lld, world size %lld)",
+                       (long long)r, (long long)W, (long long)v[0], (long long)v[12], (long long)v[13]);
+    uint64_t e = (uint64_t)v[9], b = (uint64_t)v[10], p = (uint64_t)v[11];
+    uint64_t n = p + (v[3] ? 1 : 0);
+    uint64_t per = b < (uint64_t)N ? ((uint64_t)N - b) / (uint64_t)W : 0;
+    /* a position at the end of the rank's share means its next document opened the next epoch */
+    if (p >= per) { e++; b = 0; n = v[3] ? 1 : 0; }
+    ep[r] = e; base[r] = b; next[r] = n;
+    after[r] = n > 0 ? b + (uint64_t)r + (n - 1) * (uint64_t)W + 1 : b;
+    if (r == 0 || e > best_epoch || (e == best_epoch && after[r] > best_after)) { best_epoch = e; best_after = after[r]; }
+  }
+  *skipped = 0;
+  for (int64_t r = 0; r < W; r++) {
+    if (ep[r] != best_epoch) continue;   /* a rank still in the previous epoch: its remainder is dropped like an epoch's remainder */
+    for (uint64_t k = next[r]; base[r] + (uint64_t)r + k * (uint64_t)W < best_after; k++) (*skipped)++;
+  }
+  memset(out, 0, sizeof *out);
+  const int64_t *own = all + (t->rank < W ? t->rank : 0) * OBJ_STATE_LEN;
+  out->v[0] = all[0];
+  if (t->rank < W) out->v[1] = own[1];
+  else { Rng g; rng_seed(&g, rank_seed(t->tc.seed, t->rank) ^ splitmix64((uint64_t)step)); out->v[1] = (int64_t)g.s; }
+  out->v[2] = own[2];
+  out->v[6] = all[6];
+  out->v[8] = all[8];                                           /* reader seed */
+  out->v[9] = (int64_t)best_epoch; out->v[10] = (int64_t)best_after; out->v[11] = 0;
+  out->v[12] = t->rank; out->v[13] = t->world;
+  return 0;
+}
 
 static int load_checkpoint(Ckpt *c, void *ud) {
   Trainer *t = ((LoadCtx *)ud)->t;
@@ -387,15 +435,12 @@ static int load_checkpoint(Ckpt *c, void *ud) {
     memcpy(st.v, all + (int64_t)t->rank * OBJ_STATE_LEN, sizeof st.v);
     if (obj_restore(t->obj, &st) != 0) { free(all); return -1; }
   } else if (t->reader) {
-    /* another world size: re-split the global document position; builders restart at the next
-     * document (the partly consumed documents in flight are dropped, see objectives.h) */
-    ShardReaderState rs;
-    memcpy(st.v, all, sizeof st.v);
-    rs.seed = (uint64_t)st.v[8]; rs.epoch = (uint64_t)st.v[9]; rs.base = (uint64_t)st.v[10]; rs.position = (uint64_t)st.v[11];
-    rs.rank = (uint32_t)st.v[12]; rs.world_size = (uint32_t)st.v[13];
-    ShardReaderState ns = shard_state_resplit(&rs, t->rank, t->world);
-    if (shard_reader_set_state(t->reader, &ns) != 0) { free(all); return -1; }
-    tlog(t, "resume: data re-split from %lld to %d ranks (documents in flight dropped)\n", (long long)old_world, t->world);
+    /* another world size: re-split the global document order (resplit_state) */
+    int64_t skipped = 0;
+    if (resplit_state(t, all, old_world, ckpt_step(c), &st, &skipped) != 0 || obj_restore(t->obj, &st) != 0) { free(all); return -1; }
+    tlog(t, "resume: data re-split from %lld to %d ranks at epoch %lld, document %lld of the epoch order "
+         "(%lld document(s) of lagging ranks skipped; partly used documents dropped)\n", (long long)old_world, t->world,
+         (long long)st.v[9], (long long)st.v[10], (long long)skipped);
   } else {
     free(all);
     return t5g_error("%s: written by %lld ranks; sft runs resume on the same number of ranks", ckpt_path(c), (long long)old_world);
@@ -484,6 +529,14 @@ static int train_step(Trainer *t, double *loss_out, double *gnorm_out, int64_t *
   return 1;
 }
 
+/* Test hook (tests/t_mpi.sh, never set in real runs): with T5G_TEST_PERTURB_RANK=r and
+ * T5G_TEST_PERTURB_STEP=k in the environment, rank r adds 1e-3 to its first weight after step k,
+ * so the cross-rank weight check must stop the run with an error at that step. */
+static void test_perturb_weights(Trainer *t) {
+  const char *r = getenv("T5G_TEST_PERTURB_RANK"), *k = getenv("T5G_TEST_PERTURB_STEP");
+  if (r && k && atoi(r) == t->rank && atoll(k) == t->step && t->m.ps.n_total > 0) t->m.ps.data[0] += 1e-3f;
+}
+
 static void usage_error(const char *msg) {
   fprintf(stderr, "t5gemma train: %s\n", msg);
   train_config_print_help();
@@ -515,6 +568,7 @@ int cmd_train(int argc, char **argv) {
   }
   if (train_config_validate(tc) != 0) fail(t);
   if (tc->threads > 0) t5g_set_threads(tc->threads);
+  dist_check_threads(t5g_threads());
   if (t->rank == 0 && t5g_mkdir_p(tc->run_dir) != 0) fail(t);
   dist_barrier();
   if (t->rank == 0) {
@@ -639,13 +693,19 @@ int cmd_train(int argc, char **argv) {
     int64_t sig = t5g_stop_requested();
     dist_allreduce_sum_i64(&sig, 1);
     if (sig) { tlog(t, "signal received: saving a checkpoint at step %lld and stopping\n", (long long)t->step); stop = 1; }
-    if ((tc->save_every > 0 && t->step % tc->save_every == 0) || last || stop) {
+    int save_now = (tc->save_every > 0 && t->step % tc->save_every == 0) || last || stop;
+    test_perturb_weights(t);
+    /* the weights must be identical on every rank (rank 0 alone writes them): checked at every
+     * progress line and before every checkpoint, so a bad state is never saved */
+    if (t->world > 1 && (save_now || t->step % tc->log_every == 0) && !dist_same_u64(weights_checksum(&t->m.ps))) {
+      t5g_error("train: the weights differ across ranks after step %lld (checksums of the %lld weights disagree): the gradient "
+                "reduction or the update was not identical on every rank; stopping without writing a checkpoint of this step "
+                "(earlier checkpoints in %s are good)", (long long)t->step, (long long)t->m.ps.n_total, tc->run_dir);
+      fail(t);
+    }
+    if (save_now) {
       if (save_checkpoint(t) != 0) fail(t);
       t_last = t5g_now();
-    }
-    if (tc->eval_every > 0 && t->step % tc->eval_every == 0 && t->step % 1 == 0 && !dist_same_u64(weights_checksum(&t->m.ps))) {
-      t5g_error("train: weights differ across ranks at step %lld (non-deterministic reduction?)", (long long)t->step);
-      fail(t);
     }
   }
   if (!stop && t->rank == 0) {
