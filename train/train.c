@@ -331,11 +331,13 @@ static int save_checkpoint(Trainer *t) {
   int64_t *all = t5g_calloc((size_t)t->world * OBJ_STATE_LEN, sizeof(int64_t));
   memcpy(all + (int64_t)t->rank * OBJ_STATE_LEN, st.v, sizeof st.v);
   dist_allreduce_sum_i64(all, t->world * OBJ_STATE_LEN);
-  /* optimizer moments: gathered to rank 0 under ZeRO-1 */
+  /* optimizer moments: gathered to rank 0 under ZeRO-1. The first moments land in the gradient
+   * buffer (free between steps: train_step zeroes it before use), so rank 0 needs 4 bytes per
+   * parameter more while saving (the second moments), not 8. */
   float *m = NULL, *v = NULL;
   int zero = tc->zero1 && t->world > 1;
   if (zero) {
-    if (t->rank == 0) { m = t5g_alloc_aligned(t->m.ps.n_total * sizeof(float)); v = t5g_alloc_aligned(t->m.ps.n_total * sizeof(float)); }
+    if (t->rank == 0) { m = t->m.ps.grad; v = t5g_alloc_aligned(t->m.ps.n_total * sizeof(float)); }
     dist_gather_slices(t->opt.m, m, t->m.ps.n_total);
     dist_gather_slices(t->opt.v, v, t->m.ps.n_total);
   }
@@ -358,7 +360,7 @@ static int save_checkpoint(Trainer *t) {
   }
   int64_t r64 = rc ? 1 : 0;
   dist_allreduce_sum_i64(&r64, 1);
-  free(all); free(m); free(v);
+  free(all); free(v);
   if (r64 && t->rank != 0) t5g_error("checkpoint failed on rank 0");
   return r64 ? -1 : 0;
 }
