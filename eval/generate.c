@@ -55,6 +55,15 @@ void gen_output_free(GenOutput *o) {
   memset(o, 0, sizeof *o);
 }
 
+char *gen_decode_text(const Tokenizer *t, const int32_t *ids, int n) {
+  int V = tokenizer_vocab_size(t), k = 0;
+  int32_t *v = t5g_malloc((size_t)(n > 0 ? n : 1) * sizeof(int32_t));
+  for (int i = 0; i < n; i++) if (ids[i] >= 0 && ids[i] < V) v[k++] = ids[i];
+  char *s = tokenizer_decode(t, v, k, 1);
+  free(v);
+  return s ? s : t5g_strdup("");
+}
+
 static int is_stop(const GenConfig *c, int32_t id) {
   for (int i = 0; i < c->n_stop; i++) if (c->stop_ids[i] == id) return 1;
   return 0;

@@ -107,6 +107,11 @@ int generate(Model *m, const GenConfig *cfg, const int32_t *const *prompts, cons
 int generate_beam(Model *m, const GenConfig *cfg, const int32_t *prompt, int len, int n_return,
                   GenOutput *out, int *n_out);
 
+/* Decode generated ids to text (malloc'ed, never NULL): special tokens are dropped, and so are
+ * ids the tokenizer does not have (a model's vocabulary may be padded beyond its tokenizer's,
+ * spec 1.1). */
+char *gen_decode_text(const Tokenizer *t, const int32_t *ids, int n);
+
 /* ---- Lower level: the cached decoder (used by generate and by the tests) ------------------ */
 
 typedef struct DecodeState DecodeState;
