@@ -238,6 +238,7 @@ int cmd_generate(int argc, char **argv) {
       for (int k0 = 0; k0 < nP && !failed; k0 += batch) {
         int B = nP - k0 < batch ? nP - k0 : batch;
         for (int r = 0; r < B; r++) { ids[r] = P[k0 + r].ids; lens[r] = P[k0 + r].n; }
+        gc.first_row = k0;
         if (generate(&m, &gc, ids, lens, B, out) != 0) { failed = 1; break; }
         for (int r = 0; r < B; r++) { print_result(tok, k0 + r, P[k0 + r].line, &out[r], 1, json, &gc); ntok += out[r].n; gen_output_free(&out[r]); }
       }

@@ -624,7 +624,7 @@ int generate(Model *m, const GenConfig *cfg, const int32_t *const *prompts, cons
     memset(&out[b], 0, sizeof out[b]);
     out[b].ids = t5g_malloc(maxnew * sizeof(int32_t));
     out[b].logprobs = t5g_malloc(maxnew * sizeof(float));
-    gen_row_rng(&rng[b], cfg->seed, b);
+    gen_row_rng(&rng[b], cfg->seed, cfg->first_row + b);
     active[b] = 1;
   }
   if (!encdec) prefill(s, prompts, lens, B, NULL, rowlogits, tmp);

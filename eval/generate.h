@@ -31,8 +31,8 @@
  * Sampling (per row, in this order as Hugging Face's logits processors apply them):
  * temperature, top-k, top-p (nucleus: the smallest set of most probable tokens whose
  * probability reaches top_p; the most probable token is always kept), then one draw from the
- * renormalised distribution with the row's own Rng seeded from (seed, row index), so a row's
- * output does not depend on the other rows of the batch. greedy = argmax (ties: lowest id).
+ * renormalised distribution with the row's own Rng seeded from (seed, first_row + row index),
+ * so a row's output does not depend on the other rows of the batch or on the batch size. greedy = argmax (ties: lowest id).
  * Reported log-probabilities are always those of the model itself, log softmax of the capped
  * logits at temperature 1 without any filtering (natural log), i.e. what `t5gemma score` gives
  * for the same tokens.
@@ -66,7 +66,9 @@ typedef struct GenConfig {
   float top_p;               /* in (0, 1]; 1 = off */
   int num_beams;             /* 1 = no beam search */
   float length_penalty;      /* beam score = sum_logprob / len^length_penalty; default 1 */
-  uint64_t seed;             /* sampling seed (row i uses rng_seed(seed + i·0x9E37..)) */
+  uint64_t seed;             /* sampling seed: row i samples from gen_row_rng(seed, first_row + i) */
+  int first_row;             /* global index of prompts[0] (default 0): a list split into batches
+                                samples exactly as one batch */
   int32_t stop_ids[GEN_MAX_STOP];
   int n_stop;
   int32_t bos_id;            /* T5Gemma decoder start token (spec 5) */
