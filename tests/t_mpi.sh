@@ -134,8 +134,9 @@ mp=$!
 victim=""
 for _ in $(seq 1 300); do
   if [ -s "$T/k/metrics.jsonl" ] && [ "$(wc -l <"$T/k/metrics.jsonl")" -ge 3 ]; then
-    for p in $(pgrep -f "run_dir=$T/k" || true); do
-      if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1'; then victim=$p; fi
+    for d in /proc/[0-9]*; do    # the rank-1 process of this job (no procps needed)
+      tr '\0' '\n' <"$d/cmdline" 2>/dev/null | grep -qxF "run_dir=$T/k" || continue
+      if tr '\0' '\n' <"$d/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1'; then victim=${d#/proc/}; fi
     done
     break
   fi
