@@ -3,6 +3,8 @@
 #include "model/util.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,14 +91,14 @@ static int set_raw(TrainConfig *c, const KeyDef *kd, const char *v, const char *
       if (strlen(v) >= kd->size) return t5g_error("%s: %s is too long (%zu bytes, at most %zu)", source, kd->key, strlen(v), kd->size - 1);
       strcpy((char *)p, v);
       return 0;
-    case K_INT: { long x = strtol(v, &end, 10); if (!*v || *end || errno) goto bad; *(int *)p = (int)x; return 0; }
-    case K_U64: { unsigned long long x = strtoull(v, &end, 10); if (!*v || *end || errno) goto bad; *(uint64_t *)p = x; return 0; }
+    case K_INT: { long x = strtol(v, &end, 10); if (!*v || *end || errno || x < INT_MIN || x > INT_MAX) goto bad; *(int *)p = (int)x; return 0; }
+    case K_U64: { unsigned long long x = strtoull(v, &end, 10); if (!*v || *end || errno || strchr(v, '-')) goto bad; *(uint64_t *)p = x; return 0; }
     case K_DBL: { double x = strtod(v, &end); if (!*v || *end || errno) goto bad; *(double *)p = x; return 0; }
     case K_FLT: { double x = strtod(v, &end); if (!*v || *end || errno) goto bad; *(float *)p = (float)x; return 0; }
   }
 bad:
   return t5g_error("%s: %s expects %s, found \"%s\"", source, kd->key,
-                   kd->type == K_INT || kd->type == K_U64 ? "an integer" : "a number", v);
+                   kd->type == K_INT ? "an integer (32-bit)" : kd->type == K_U64 ? "a non-negative integer" : "a number", v);
 }
 
 void train_config_defaults(TrainConfig *c) {
@@ -119,9 +121,14 @@ static int apply_json(TrainConfig *c, cJSON *root, const char *source) {
     char buf[64];
     const char *v;
     if (cJSON_IsString(it)) v = it->valuestring;
-    else if (cJSON_IsBool(it)) v = cJSON_IsTrue(it) ? "1" : "0";
+    else if (cJSON_IsBool(it)) {
+      if (kd->type == K_STR) return t5g_error("%s: %s expects a string, found %s", source, kd->key, cJSON_IsTrue(it) ? "true" : "false");
+      v = cJSON_IsTrue(it) ? "1" : "0";
+    }
     else if (cJSON_IsNumber(it)) {
       if (kd->type == K_STR) return t5g_error("%s: %s expects a string, found a number", source, kd->key);
+      if ((kd->type == K_INT || kd->type == K_U64) && it->valuedouble != floor(it->valuedouble))
+        return t5g_error("%s: %s expects an integer, found %.17g", source, kd->key, it->valuedouble);
       if (kd->type == K_INT || kd->type == K_U64) snprintf(buf, sizeof buf, "%.0f", it->valuedouble);
       else snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
       v = buf;
@@ -163,6 +170,12 @@ int train_config_validate(const TrainConfig *c) {
   if (c->batch_size < 1) return t5g_error("train config: batch_size must be >= 1, found %d", c->batch_size);
   if (c->grad_accum < 1) return t5g_error("train config: grad_accum must be >= 1, found %d", c->grad_accum);
   if (c->steps < 0) return t5g_error("train config: steps must be >= 0, found %d", c->steps);
+  if (c->log_every < 1) return t5g_error("train config: log_every must be >= 1, found %d", c->log_every);
+  if (c->eval_every < 0 || c->eval_batches < 0 || c->save_every < 0 || c->keep_last < 0 || c->average_last < 0)
+    return t5g_error("train config: eval_every, eval_batches, save_every, keep_last and average_last must be >= 0");
+  if (c->max_bad_steps < 1) return t5g_error("train config: max_bad_steps must be >= 1, found %d", c->max_bad_steps);
+  if (c->warmup_cross_steps < -1) return t5g_error("train config: warmup_cross_steps must be >= 0 (or -1: automatic), found %d", c->warmup_cross_steps);
+  if (c->distill_topk < 0) return t5g_error("train config: distill_topk must be >= 0, found %d", c->distill_topk);
   if (c->seq_len < 2 || c->enc_len < 1 || c->dec_len < 1) return t5g_error("train config: seq_len >= 2, enc_len >= 1 and dec_len >= 1 required");
   if (!(c->lr >= 0)) return t5g_error("train config: lr must be >= 0, found %g", c->lr);
   if (!(c->beta1 >= 0 && c->beta1 < 1 && c->beta2 >= 0 && c->beta2 < 1)) return t5g_error("train config: beta1 and beta2 must be in [0, 1)");
