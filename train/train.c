@@ -382,7 +382,7 @@ typedef struct LoadCtx { Trainer *t; } LoadCtx;
 static int resplit_state(Trainer *t, const int64_t *all, int64_t old_world, int64_t step, ObjState *out, int64_t *skipped) {
   int64_t N = shard_reader_num_docs(t->reader), W = old_world;
   uint64_t best_epoch = 0, best_after = 0;
-  uint64_t ep[W], after[W], base[W], next[W];
+  uint64_t ep[W], after[W], base[W], next[W], share[W];
   for (int64_t r = 0; r < W; r++) {
     const int64_t *v = all + r * OBJ_STATE_LEN;
     if (v[0] != all[0] || v[12] != r || v[13] != W)
@@ -393,14 +393,18 @@ static int resplit_state(Trainer *t, const int64_t *all, int64_t old_world, int6
     uint64_t per = b < (uint64_t)N ? ((uint64_t)N - b) / (uint64_t)W : 0;
     /* a position at the end of the rank's share means its next document opened the next epoch */
     if (p >= per) { e++; b = 0; n = v[3] ? 1 : 0; }
-    ep[r] = e; base[r] = b; next[r] = n;
+    ep[r] = e; base[r] = b; next[r] = n; share[r] = per;
     after[r] = n > 0 ? b + (uint64_t)r + (n - 1) * (uint64_t)W + 1 : b;
     if (r == 0 || e > best_epoch || (e == best_epoch && after[r] > best_after)) { best_epoch = e; best_after = after[r]; }
   }
   *skipped = 0;
   for (int64_t r = 0; r < W; r++) {
-    if (ep[r] != best_epoch) continue;   /* a rank still in the previous epoch: its remainder is dropped like an epoch's remainder */
-    for (uint64_t k = next[r]; base[r] + (uint64_t)r + k * (uint64_t)W < best_after; k++) (*skipped)++;
+    uint64_t k = next[r], b = base[r];
+    if (ep[r] != best_epoch) {            /* still in the previous epoch: the rest of its share, then the new epoch's */
+      *skipped += (int64_t)(share[r] > k ? share[r] - k : 0);
+      k = 0; b = 0;
+    }
+    for (; b + (uint64_t)r + k * (uint64_t)W < best_after; k++) (*skipped)++;
   }
   memset(out, 0, sizeof *out);
   const int64_t *own = all + (t->rank < W ? t->rank : 0) * OBJ_STATE_LEN;
