@@ -381,12 +381,13 @@ typedef struct LoadCtx { Trainer *t; } LoadCtx;
  * fresh stream from (seed, rank, step). Documents read counters restart from the old rank 0's. */
 static int resplit_state(Trainer *t, const int64_t *all, int64_t old_world, int64_t step, ObjState *out, int64_t *skipped) {
   int64_t N = shard_reader_num_docs(t->reader), W = old_world;
+  if (W < 1 || W > (1 << 24)) return t5g_error("checkpoint: counters give a world size of %lld (expected 1 to 16777216)", (long long)W);
   uint64_t best_epoch = 0, best_after = 0;
-  uint64_t ep[W], after[W], base[W], next[W], share[W];
+  uint64_t *ep = t5g_malloc((size_t)W * 5 * sizeof(uint64_t)), *after = ep + W, *base = ep + 2 * W, *next = ep + 3 * W, *share = ep + 4 * W;
   for (int64_t r = 0; r < W; r++) {
     const int64_t *v = all + r * OBJ_STATE_LEN;
     if (v[0] != all[0] || v[12] != r || v[13] != W)
-      return t5g_error("checkpoint: objective state of rank %lld of %lld is inconsistent (kind %lld, rank %lld, world size %lld)",
+      return free(ep), t5g_error("checkpoint: objective state of rank %lld of %lld is inconsistent (kind %lld, rank %lld, world size %lld)",
                        (long long)r, (long long)W, (long long)v[0], (long long)v[12], (long long)v[13]);
     uint64_t e = (uint64_t)v[9], b = (uint64_t)v[10], p = (uint64_t)v[11];
     uint64_t n = p + (v[3] ? 1 : 0);
@@ -406,6 +407,7 @@ static int resplit_state(Trainer *t, const int64_t *all, int64_t old_world, int6
     }
     for (; b + (uint64_t)r + k * (uint64_t)W < best_after; k++) (*skipped)++;
   }
+  free(ep);
   memset(out, 0, sizeof *out);
   const int64_t *own = all + (t->rank < W ? t->rank : 0) * OBJ_STATE_LEN;
   out->v[0] = all[0];
