@@ -422,3 +422,75 @@ EOF
     else fail "distill_value_topk$k" "train failed: $(tailmsg "dv$k")"; fi
   done
 else fail "learn_causal" "teacher run failed: $(tailmsg teacher)"; fi
+
+# ---- 9. configuration errors ----------------------------------------------------------------
+# Each must exit non-zero with a message naming the key (or the model and objective).
+cfg_case() {   # NAME EXPECTED-TEXT ARGS...
+  local n=$1 want=$2; shift 2
+  if train "cfg_$n" "$@" steps=2 run_dir=cfg_run; then fail "config_$n" "exit status 0"
+  elif ! grep -qF -- "$want" "$W/cfg_$n.out"; then fail "config_$n" "message lacks '$want': $(tailmsg "cfg_$n")"
+  elif grep -q "^step " "$W/cfg_$n.out"; then fail "config_$n" "trained before refusing"
+  else pass "config_$n"; fi
+}
+echo '{"model": "t5.json", "data": "copy", "lerning_rate": 0.1}' >"$W/bad_key.json"
+echo '{"model": "t5.json", "data": "copy", "steps": 1.5}' >"$W/bad_int.json"
+echo '{"model": "t5.json", "data": "copy", "lr": "fast"}' >"$W/bad_num.json"
+echo '{"model": 5, "data": "copy"}' >"$W/bad_str.json"
+cfg_case unknown_key_cli 'unknown key "lerning_rate"' copy.json lerning_rate=0.1
+cfg_case unknown_key_json 'bad_key.json: unknown key "lerning_rate"' bad_key.json
+cfg_case int_type_cli 'batch_size expects an integer' copy.json batch_size=eight
+cfg_case int_type_json 'steps expects an integer, found 1.5' bad_int.json
+cfg_case int_range 'batch_size expects an integer (32-bit), found "4294967297"' copy.json batch_size=4294967297
+cfg_case num_type_json 'lr expects a number, found "fast"' bad_num.json
+cfg_case str_type_json 'model expects a string, found a number' bad_str.json
+cfg_case log_every 'log_every must be >= 1' copy.json log_every=0
+cfg_case objective 'objective must be causal, prefixlm, ul2 or sft, found "mlm"' copy.json objective=mlm
+cfg_case causal_on_t5gemma 'objective causal trains a decoder-only Gemma 2 model, but t5.json is a T5Gemma model' copy.json objective=causal
+cfg_case prefixlm_on_gemma2 'objective prefixlm trains a T5Gemma encoder-decoder, but g2.json is a Gemma 2 model' copy.json model=g2.json
+cfg_case ul2_without_tokenizer 'objective ul2 needs tokenizer' copy.json objective=ul2
+cfg_case missing_data 'needs data' copy.json data=
+
+# ---- 10. the run directory ------------------------------------------------------------------
+# The copy run of case 1: metrics.jsonl (one JSON object per line; training lines with step,
+# loss, lr, grad_norm, tokens_per_s, mfu; validation lines with val_loss), train.log,
+# train_config.json (every key, the effective values), the checkpoints, and hf/ which both
+# `t5gemma dump` and the PyTorch reference load: on fresh copy rows both give the same loss,
+# and it is near zero (the exported model is the trained one).
+r=$W/copy_run
+if [ -f "$r/metrics.jsonl" ]; then
+  msg=$($PY - "$r" <<'EOF' 2>&1
+import json, math, sys, os
+r = sys.argv[1]
+lines = open(r + "/metrics.jsonl").read().splitlines()
+train = []; val = []
+for i, l in enumerate(lines):
+    o = json.loads(l)
+    if not isinstance(o, dict): sys.exit("line %d is not an object" % (i + 1))
+    (val if "val_loss" in o else train).append(o)
+for o in train:
+    for k in ("step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+        if k not in o or not isinstance(o[k], (int, float)) or not math.isfinite(o[k]): sys.exit("training line %s: field %s missing or not finite" % (o, k))
+steps = [o["step"] for o in train]
+if steps != [1] + list(range(50, 401, 50)): sys.exit("training lines at steps %s, expected 1, 50, ..., 400" % steps)
+if len(val) != 1 or val[0]["step"] != 400: sys.exit("validation lines %s, expected one at step 400" % val)
+c = json.load(open(r + "/train_config.json"))
+if c.get("lr") != 0.005 or c.get("batch_size") != 32 or c.get("objective") != "prefixlm" or c.get("run_dir") != "copy_run" or "seed" not in c:
+    sys.exit("train_config.json does not hold the effective configuration: %s" % c)
+log = open(r + "/train.log").read()
+if "step    400/400" not in log or "validation loss" not in log or "done:" not in log: sys.exit("train.log lacks the progress lines")
+ck = sorted(f for f in os.listdir(r) if f.startswith("ckpt-"))
+if ck != ["ckpt-00000400.h5"]: sys.exit("checkpoints %s, expected ckpt-00000400.h5 (save_every 0: at the end only)" % ck)
+if not os.path.isfile(r + "/hf/config.json") or not os.path.isfile(r + "/hf/model.safetensors"): sys.exit("hf/ lacks config.json or model.safetensors")
+EOF
+)
+  if [ -z "$msg" ]; then pass "rundir_files"; else fail "rundir_files" "$msg"; fi
+  h copybatch 4 "$W/copyrows.safetensors" &&
+  "$BIN" dump --model "$r/hf" --batch "$W/copyrows.safetensors" --out "$W/c_out.safetensors" >"$W/dump.out" 2>&1 &&
+  (cd "$REPO" && $PY tests/ref/t5gemma_ref.py dump --ckpt "$r/hf" --batch "$W/copyrows.safetensors" --out "$W/ref_out.safetensors" >"$W/refdump.out" 2>&1)
+  if [ $? != 0 ]; then fail "rundir_hf" "dump failed: $(tail -n 2 "$W/dump.out" "$W/refdump.out" | tr '\n' ' ')"
+  else
+    lc=$(h loss "$W/c_out.safetensors"); lr=$(h loss "$W/ref_out.safetensors")
+    if awk -v a="$lc" -v b="$lr" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-4 + 1e-3 * b && b < 0.05) }'; then pass "rundir_hf"
+    else fail "rundir_hf" "loss on copy rows: t5gemma dump $lc, PyTorch reference $lr (expected equal and < 0.05)"; fi
+  fi
+else fail "rundir" "the copy run of case 1 left no metrics.jsonl"; fi
