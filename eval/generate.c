@@ -81,6 +81,7 @@ struct DecodeState {
   float scale, softcap, eps;
   int *R;                /* [L] ring size per layer */
   float **kc, **vc;      /* [L] -> [rows][R][kd] */
+  float **kc2, **vc2;    /* spare buffers of the same size for decode_reorder (lazily allocated) */
   int *len;              /* [rows] */
   /* cross-attention (T5Gemma) */
   int has_cross, Te, n_src, enc_d;
@@ -162,9 +163,10 @@ void decode_free(DecodeState *s) {
   if (!s) return;
   for (int l = 0; l < s->L; l++) {
     free(s->kc[l]); free(s->vc[l]);
+    if (s->kc2) { free(s->kc2[l]); free(s->vc2[l]); }
     if (s->xk) { free(s->xk[l]); free(s->xv[l]); }
   }
-  free(s->kc); free(s->vc); free(s->xk); free(s->xv); free(s->xmask);
+  free(s->kc); free(s->vc); free(s->kc2); free(s->vc2); free(s->xk); free(s->xv); free(s->xmask);
   free(s->R); free(s->len); free(s->src);
   free(s->x); free(s->a); free(s->q); free(s->k); free(s->v); free(s->o); free(s->t);
   free(s->gt); free(s->up); free(s->pos); free(s->inv_freq); free(s->scores); free(s->ptrs); free(s->cnt);
@@ -448,21 +450,33 @@ void decode_forward(DecodeState *s, int n, const int *rows, const int32_t *ids, 
 }
 
 void decode_reorder(DecodeState *s, const int *src) {
-  for (int l = 0; l < s->L; l++) {
-    size_t per = (size_t)s->R[l] * s->kd;
-    float *nk = falloc(per * s->rows), *nv = falloc(per * s->rows);
-    for (int r = 0; r < s->rows; r++) {
-      memcpy(nk + per * r, s->kc[l] + per * src[r], per * sizeof(float));
-      memcpy(nv + per * r, s->vc[l] + per * src[r], per * sizeof(float));
+  int identity = 1;
+  for (int r = 0; r < s->rows; r++) identity &= src[r] == r;
+  if (identity) return;
+  if (!s->kc2) {
+    s->kc2 = t5g_calloc(s->L, sizeof(float *));
+    s->vc2 = t5g_calloc(s->L, sizeof(float *));
+    for (int l = 0; l < s->L; l++) {
+      s->kc2[l] = falloc((size_t)s->rows * s->R[l] * s->kd);
+      s->vc2[l] = falloc((size_t)s->rows * s->R[l] * s->kd);
     }
-    free(s->kc[l]); free(s->vc[l]);
+  }
+  for (int l = 0; l < s->L; l++) {
+    /* only the filled slots of each row are copied */
+    size_t per = (size_t)s->R[l] * s->kd;
+    float *nk = s->kc2[l], *nv = s->vc2[l];
+    for (int r = 0; r < s->rows; r++) {
+      int used = s->len[src[r]] < s->R[l] ? s->len[src[r]] : s->R[l];
+      memcpy(nk + per * r, s->kc[l] + per * src[r], (size_t)used * s->kd * sizeof(float));
+      memcpy(nv + per * r, s->vc[l] + per * src[r], (size_t)used * s->kd * sizeof(float));
+    }
+    s->kc2[l] = s->kc[l]; s->vc2[l] = s->vc[l];
     s->kc[l] = nk; s->vc[l] = nv;
   }
-  int *nl = t5g_malloc(s->rows * sizeof(int)), *ns = t5g_malloc(s->rows * sizeof(int));
+  int *nl = s->cnt, *ns = s->pos;   /* scratch: rows <= cap_tok */
   for (int r = 0; r < s->rows; r++) { nl[r] = s->len[src[r]]; ns[r] = s->src[src[r]]; }
   memcpy(s->len, nl, s->rows * sizeof(int));
   memcpy(s->src, ns, s->rows * sizeof(int));
-  free(nl); free(ns);
 }
 
 /* ------------------------------------------------------------------------------------------ */
