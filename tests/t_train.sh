@@ -2,18 +2,24 @@
 # t_train.sh: end-to-end tests of `t5gemma train` (issue 5) on tiny models and tiny data.
 #   learn_*       a learnable task reaches (near) zero loss: PrefixLM copy (< 0.05 validation
 #                 loss), SFT word-list reversal, UL2 on repeated text (loss falls clearly)
+#   learn_causal  the Gemma 2 teacher of case 8 learns (causal objective)
 #   resume_*      a run stopped after its step-6 checkpoint and resumed repeats the uninterrupted
-#                 run bit for bit (losses and final weights + AdamW moments), prefixlm and causal
+#                 run bit for bit (losses, validation losses, final weights, AdamW moments, data
+#                 position): prefixlm (packed, dropout, accumulation), causal (segments,
+#                 recomputation), ul2 and sft (encoder-decoder)
 #   signal_*      SIGINT / SIGTERM: checkpoint, exit 0, resume reaches the end, bit-exact
 #   nonfinite     lr=1e10: steps skipped and counted, stop after max_bad_steps, last checkpoint loads
 #   corrupt_*     a truncated newest checkpoint: resume names it and falls back to the previous one
 #   accum         grad_accum=2 x batch 4 == grad_accum=1 x batch 8 (float tolerance)
 #   warmup_cross  unequal pair: only cross-attention changes during the warm-up, everything after
 #   distill*      PrefixLM with a Gemma 2 teacher (full and top-k): finite, falling loss
+#   distill_value_*  the logged distillation loss equals the PyTorch reference's
 #   config_*      unknown key, wrong type, objective/model mismatch: clear message, non-zero exit
+#   keep_average  keep_last prunes, average_last exports the mean of the last checkpoints
 #   rundir_*      metrics.jsonl fields, train.log, train_config.json, checkpoints, hf/ export
 #                 loadable by `t5gemma dump` and by the PyTorch reference (tests/ref)
-# Runs single-threaded (threads=1: tiny models run far faster without OpenMP on a busy machine).
+# Runs single-threaded (threads=1: on a machine busy with other work, OpenMP threads that spin
+# while waiting make tiny models ~15x slower). About 70 s on 2 busy cores.
 # Needs /usr/bin/python3 with numpy, h5py and torch, and ../shared/eval-data/boolq.jsonl (text
 # for the small SentencePiece tokenizer used by the UL2 and SFT cases).
 set -u
@@ -225,6 +231,7 @@ resume_case() {   # NAME ARGS...
   grep -q "resume: .*ckpt-00000006.h5 (step 6)" "$W/${n}_B.out" || { fail "resume_$n" "no 'resume: ... (step 6)' line: $(head -n 3 "$W/${n}_B.out" | tr '\n' ' ')"; return; }
   local la lb same
   la=$(h losses "$a" 7 12); lb=$(h losses "$b" 7 12)
+  [ "$(grep '"val_loss"' "$a/metrics.jsonl" | grep -v '"step": [1-6],')" = "$(grep '"val_loss"' "$b/metrics.jsonl")" ] || { fail "resume_$n" "validation losses after step 6 differ"; return; }
   [ "$la" = "$lb" ] && [[ "$la" != *missing* ]] || { fail "resume_$n" "losses of steps 7..12 differ: uninterrupted [$la], resumed [$lb]"; return; }
   [ "$(h losses "$b" 1 6)" = "missing missing missing missing missing missing" ] || { fail "resume_$n" "the resumed run logged steps before 7"; return; }
   same=$(h same "$a/ckpt-00000012.h5" "$b/ckpt-00000012.h5" 2>&1)
@@ -232,9 +239,18 @@ resume_case() {   # NAME ARGS...
   cmp -s "$a/hf/model.safetensors" "$b/hf/model.safetensors" || { fail "resume_$n" "hf/model.safetensors differ"; return; }
   pass "resume_$n"
 }
-resume_case prefixlm copy.json prefixlm_pack=1 train_split=val batch_size=8 grad_accum=2 dropout=0.1 lr=1e-3 warmup_steps=3
+resume_case prefixlm copy.json prefixlm_pack=1 train_split=val batch_size=8 grad_accum=2 dropout=0.1 lr=1e-3 warmup_steps=3 \
+  eval_every=4
 resume_case causal model=g2.json objective=causal data=copy train_split=val seq_len=16 batch_size=8 lr=1e-3 \
-  warmup_steps=3 threads=1 eval_batches=2
+  warmup_steps=3 threads=1 eval_batches=2 packed=1 eval_every=4 recompute=1
+if [ $have_tok = 1 ]; then
+  # UL2: the denoiser choice and noise masks come from the builder's Rng (restored); SFT: 64
+  # examples in batches of 8 wrap to a freshly shuffled epoch at step 8
+  resume_case ul2 model=t5-512.json objective=ul2 data=wcopy tokenizer=tok/tokenizer.model enc_len=64 dec_len=48 \
+    batch_size=4 lr=1e-3 warmup_steps=3 threads=1 eval_batches=1
+  resume_case sft model=t5-512.json objective=sft sft_data=sft_val.jsonl sft_val_data=sft_val.jsonl \
+    tokenizer=tok/tokenizer.model enc_len=32 dec_len=16 batch_size=8 lr=1e-3 warmup_steps=3 threads=1 eval_batches=1
+fi
 
 # ---- 3. SIGINT / SIGTERM --------------------------------------------------------------------
 # The copy run of case 1 again, in the background; after step 50 it gets the signal: it must save
@@ -449,6 +465,30 @@ cfg_case causal_on_t5gemma 'objective causal trains a decoder-only Gemma 2 model
 cfg_case prefixlm_on_gemma2 'objective prefixlm trains a T5Gemma encoder-decoder, but g2.json is a Gemma 2 model' copy.json model=g2.json
 cfg_case ul2_without_tokenizer 'objective ul2 needs tokenizer' copy.json objective=ul2
 cfg_case missing_data 'needs data' copy.json data=
+
+# keep_last=3 keeps the newest 3 checkpoints; average_last=2 exports the mean of the last two
+# (f32 sum, then x 1/2: exact)
+if train average copy.json steps=6 save_every=1 keep_last=3 average_last=2 log_every=1 lr=1e-3 run_dir=avg_run; then
+  ck=$(cd "$W/avg_run" && ls ckpt-*.h5 | tr '\n' ' ')
+  msg=$(cd "$REPO" && $PY - "$W/avg_run" <<'EOF' 2>&1
+import sys, numpy as np, h5py
+sys.path.insert(0, "tests/ref")
+import safetensors_py
+r = sys.argv[1]
+hf = safetensors_py.load_dir(r + "/hf")
+with h5py.File(r + "/ckpt-00000005.h5") as a, h5py.File(r + "/ckpt-00000006.h5") as b:
+    n = 0
+    for k in a["params"]:
+        want = (a["params"][k][()] + b["params"][k][()]) * np.float32(0.5)
+        if not np.array_equal(hf[k], want): print("%s differs from the mean of steps 5 and 6" % k); break
+        n += not np.array_equal(a["params"][k][()], b["params"][k][()])
+    if n == 0: print("steps 5 and 6 have the same weights")
+EOF
+)
+  if [ "$ck" != "ckpt-00000004.h5 ckpt-00000005.h5 ckpt-00000006.h5 " ]; then fail "keep_average" "keep_last=3 left: $ck"
+  elif [ -n "$msg" ]; then fail "keep_average" "$msg"
+  else pass "keep_average"; fi
+else fail "keep_average" "train failed: $(tailmsg average)"; fi
 
 # ---- 10. the run directory ------------------------------------------------------------------
 # The copy run of case 1: metrics.jsonl (one JSON object per line; training lines with step,
