@@ -136,6 +136,7 @@ int cmd_generate(int argc, char **argv) {
   if (jsonl && n_prompts) { t5g_error("generate: give prompts with --prompt or --jsonl, not both"); goto bad; }
   if (num_return > gc.num_beams) { t5g_error("generate: --num-return %d needs --num-beams >= %d", num_return, num_return); goto bad; }
   gc.greedy = greedy_flag || !sampling;
+  rc = 0;                       /* from here on errors are run-time errors (exit 1), not usage (2) */
 
   Model m;
   if (cli_load_model(&m, model_dir) != 0) goto bad;
@@ -245,8 +246,8 @@ int cmd_generate(int argc, char **argv) {
       free(out); free(ids); free(lens);
     }
     double dt = t5g_now() - t0;
-    if (!failed) fprintf(stderr, "generated %lld tokens for %d prompts in %.2f s (%.1f tokens/s)%s\n", (long long)ntok, nP,
-                         dt, dt > 0 ? ntok / dt : 0, skipped ? "" : "");
+    if (!failed) fprintf(stderr, "generated %lld tokens for %d prompt(s) in %.2f s (%.1f tokens/s)\n", (long long)ntok, nP,
+                         dt, dt > 0 ? ntok / dt : 0);
     if (skipped) fprintf(stderr, "%d malformed line(s) skipped\n", skipped);
   }
   for (int k = 0; k < nP; k++) free(P[k].ids);
