@@ -1,4 +1,6 @@
-/* signals.c: SIGINT / SIGTERM set a flag polled by the training loop (see signals.h). */
+/* signals.c: SIGINT / SIGTERM / SIGUSR1 set a flag polled by the training loop (see signals.h).
+ * SIGUSR1 is what mpirun forwards to every rank (`kill -USR1 <mpirun pid>`): the clean way to stop
+ * a multi-rank run, since mpirun follows SIGTERM with SIGKILL after a short timeout. */
 #include "train/signals.h"
 #include <signal.h>
 #include <string.h>
@@ -22,6 +24,7 @@ void t5g_signals_install(void) {
   sa.sa_flags = SA_RESTART;
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
 }
 
 int t5g_stop_requested(void) { return (int)g_stop; }
