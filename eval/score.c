@@ -41,7 +41,7 @@ int score_items(Model *m, const ScoreItem *items, int n, int batch_size, int per
   for (int i = 0; i < n; i++) {
     const ScoreItem *it = &items[i];
     if (it->n_tgt < 1) return t5g_error("score: item %d has an empty target", i);
-    if (it->n_ctx < (encdec ? 1 : 1)) return t5g_error("score: item %d has an empty context (it needs at least <bos>)", i);
+    if (it->n_ctx < 1) return t5g_error("score: item %d has an empty context (it needs at least <bos>)", i);
     if (check_ids(it->ctx, it->n_ctx, encdec ? Ve : Vd, i, encdec ? "input" : "context") != 0) return -1;
     if (check_ids(it->tgt, it->n_tgt, Vd, i, "target") != 0) return -1;
     int limit = encdec ? max_dec : max_dec - 1;   /* decoder-only needs room for >= 1 context token */
