@@ -10,7 +10,8 @@
 #                 recomputation), ul2 and sft (encoder-decoder)
 #   signal_*      SIGINT / SIGTERM: checkpoint, exit 0, resume reaches the end, bit-exact
 #   nonfinite     lr=1e10: steps skipped and counted, stop after max_bad_steps, last checkpoint loads
-#   corrupt_*     a truncated newest checkpoint: resume names it and falls back to the previous one
+#   corrupt_*     a truncated newest checkpoint, or one with a flipped byte in a parameter: resume
+#                 names it, falls back to the previous one and still ends bit-exact
 #   accum         grad_accum=2 x batch 4 == grad_accum=1 x batch 8 (float tolerance)
 #   warmup_cross  unequal pair: only cross-attention changes during the warm-up, everything after
 #   distill*      PrefixLM with a Gemma 2 teacher (full and top-k): finite, falling loss
@@ -20,7 +21,8 @@
 #   rundir_*      metrics.jsonl fields, train.log, train_config.json, checkpoints, hf/ export
 #                 loadable by `t5gemma dump` and by the PyTorch reference (tests/ref)
 # Runs single-threaded (threads=1: on a machine busy with other work, OpenMP threads that spin
-# while waiting make tiny models ~15x slower). About 70 s on 2 busy cores.
+# while waiting make tiny models ~15x slower). 70-110 s on 2 busy cores. KEEP=1 keeps the work
+# directory (its path is printed on stderr).
 # Needs /usr/bin/python3 with numpy, h5py and torch, and ../shared/eval-data/boolq.jsonl (text
 # for the small SentencePiece tokenizer used by the UL2 and SFT cases).
 set -u
@@ -31,7 +33,7 @@ case "$BIN" in /*) ;; *) BIN="$REPO/$BIN" ;; esac
 PY=/usr/bin/python3
 export OMP_NUM_THREADS=1
 W=$(mktemp -d /tmp/t_train.XXXXXX)
-[ -n "${KEEP:-}" ] || trap 'rm -rf "$W"' EXIT; echo "work dir $W" >&2
+if [ -n "${KEEP:-}" ]; then echo "work dir $W" >&2; else trap 'rm -rf "$W"' EXIT; fi
 pass() { echo "PASS $1"; }
 fail() { echo "FAIL $1: $2"; }
 die() { echo "FAIL train_setup: $1"; exit 1; }
