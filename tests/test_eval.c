@@ -70,10 +70,16 @@ TEST(acc_and_acc_norm_decisions) {
 /* Files                                                                                        */
 
 static char g_tmp[256];
-static const char *tmpdir(void) {
+static void remove_tmpdir(void) {
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_tmp);
+}
+static const char *tmpdir(void) {          /* removed at exit, whichever cases ran */
   if (!g_tmp[0]) {
     snprintf(g_tmp, sizeof g_tmp, "/tmp/t5g_test_eval.XXXXXX");
     T5G_ASSERT(mkdtemp(g_tmp) != NULL);
+    atexit(remove_tmpdir);
   }
   return g_tmp;
 }
@@ -543,12 +549,6 @@ TEST(validation_loss_matches_scoring) {
   model_free(&m);
   tokenizer_free(tok);
   free(dir); free(tokp);
-}
-
-TEST(cleanup) {
-  char cmd[300];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir());
-  CHECK(system(cmd) == 0);
 }
 
 TEST_MAIN()
