@@ -110,12 +110,23 @@ void t5g_runtime_init(int *argc, char ***argv) {
     else want = cpu_is_amd() ? "ZEN" : "HASWELL";
     setenv("OPENBLAS_CORETYPE", want, 1);
     setenv("T5G_BLAS_REEXEC", core, 1);
+    if (!getenv("OMP_WAIT_POLICY")) setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
     fflush(NULL);
     execv("/proc/self/exe", *argv);
     /* exec failed: carry on with the slow kernels, but say so */
     snprintf(g_fix_note, sizeof g_fix_note, "WARNING: OpenBLAS core %s is too old for this CPU and the re-exec failed; set OPENBLAS_CORETYPE=%s", core, want);
   } else {
     snprintf(g_fix_note, sizeof g_fix_note, "detected by OpenBLAS (matches the CPU)");
+  }
+  /* OpenMP threads must not spin while OpenBLAS's own threads (and, on a shared machine, other
+   * processes) need the cores: the spinning of idle OpenMP threads made small models 10-20x
+   * slower here. libgomp reads OMP_WAIT_POLICY when it is loaded, so set it and re-execute once
+   * (the user's setting is respected). */
+  if (!getenv("OMP_WAIT_POLICY") && !getenv("T5G_OMP_REEXEC")) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    setenv("T5G_OMP_REEXEC", "1", 1);
+    fflush(NULL);
+    execv("/proc/self/exe", *argv);
   }
   parse_threads_arg(argc, argv);
   if (g_threads <= 0) {
