@@ -124,6 +124,20 @@ int t5g_mkdir_p(const char *dir) {
   free(d);
   return 0;
 }
+int t5g_copy_file(const char *src, const char *dst) {
+  FILE *in = fopen(src, "rb");
+  if (!in) return t5g_error("%s: cannot open: %s", src, strerror(errno));
+  T5gOutFile o;
+  if (t5g_open_out(&o, dst) != 0) { fclose(in); return -1; }
+  char buf[1 << 16];
+  size_t k;
+  while ((k = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, k, o.f);
+  int bad = ferror(in);
+  fclose(in);
+  if (bad) { t5g_abort_file(&o); return t5g_error("%s: read error", src); }
+  return t5g_commit_file(&o);
+}
+
 int t5g_file_exists(const char *path) { struct stat st; return stat(path, &st) == 0; }
 char *t5g_path_join(const char *a, const char *b) {
   size_t n = strlen(a) + strlen(b) + 2;

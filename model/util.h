@@ -54,6 +54,8 @@ char *t5g_tmp_name(const char *path);
 int t5g_rename_durable(const char *tmp, const char *final);
 
 int  t5g_mkdir_p(const char *dir);
+/* Copy a file (to a temporary name, then renamed). 0 or -1 with t5g_error(). */
+int  t5g_copy_file(const char *src, const char *dst);
 int  t5g_file_exists(const char *path);
 char *t5g_path_join(const char *a, const char *b); /* malloc'ed "a/b" */
 

@@ -192,6 +192,13 @@ int cmd_adapt(int argc, char **argv) {
   if (adapt_stream(rules, nr, &ao, &ra, rbp, w) != 0) t5g_die_last();
   (void)nf;
   if (write_config(&ct, out, dt) != 0) t5g_die_last();
+  /* the tokenizer files of the decoder source travel with the model */
+  const char *tokfiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"};
+  for (size_t i = 0; i < sizeof tokfiles / sizeof tokfiles[0]; i++) {
+    char *src = t5g_path_join(pb, tokfiles[i]), *dst = t5g_path_join(out, tokfiles[i]);
+    if (t5g_file_exists(src) && t5g_copy_file(src, dst) != 0) t5g_die_last();
+    free(src); free(dst);
+  }
   ParamCounts pc = config_param_counts(&ct);
   char b1[32];
   printf("adapt: wrote %s: T5Gemma encoder from %s, decoder from %s, %.3fB parameters, %s\n", out, pa, pb, pc.total / 1e9, st_dtype_name(dt));

@@ -462,6 +462,32 @@ static int load_checkpoint(Ckpt *c, void *ud) {
 
 /* ---- the loop ----------------------------------------------------------------------------- */
 
+/* After a resume, drop metrics.jsonl lines of steps past the checkpoint (written by the run that
+ * crashed after it), so the file reads as one uninterrupted run. */
+static void trim_metrics(Trainer *t) {
+  char *mp = t5g_path_join(t->tc.run_dir, "metrics.jsonl");
+  fclose(t->metrics);
+  size_t n = 0;
+  char *txt = t5g_file_exists(mp) ? t5g_read_file(mp, &n) : NULL;
+  if (txt) {
+    T5gOutFile o;
+    if (t5g_open_out(&o, mp) == 0) {
+      for (char *line = txt, *nl; *line; line = nl ? nl + 1 : line + strlen(line)) {
+        nl = strchr(line, '\n');
+        const char *k = strstr(line, "\"step\": ");
+        long long st = k ? atoll(k + 8) : 0;
+        if (st <= t->step) fwrite(line, 1, nl ? (size_t)(nl - line + 1) : strlen(line), o.f);
+        if (!nl) break;
+      }
+      t5g_commit_file(&o);
+    }
+    free(txt);
+  }
+  t->metrics = fopen(mp, "a");
+  if (!t->metrics) { t5g_error("%s: cannot reopen", mp); fail(t); }
+  free(mp);
+}
+
 static void set_warmup(Trainer *t) {
   int on = t->step < t->warmup_cross;
   static int state = -1;
@@ -563,6 +589,14 @@ int cmd_train(int argc, char **argv) {
   if (argc >= 2 && !strchr(argv[1], '=')) {
     if (train_config_load(tc, argv[1]) != 0) fail(t);
     i0 = 2;
+  } else {
+    /* `t5gemma train resume=RUN [key=value ...]`: the run's own configuration is the base */
+    for (int i = 1; i < argc; i++) {
+      if (strncmp(argv[i], "resume=", 7) != 0) continue;
+      char *cp = t5g_path_join(argv[i] + 7, "train_config.json");
+      if (t5g_file_exists(cp) && train_config_load(tc, cp) != 0) fail(t);
+      free(cp);
+    }
   }
   for (int i = i0; i < argc; i++) {
     char *eq = strchr(argv[i], '=');
@@ -572,6 +606,7 @@ int cmd_train(int argc, char **argv) {
     *eq = '=';
   }
   if (tc->resume[0]) {
+    if (!t5g_file_exists(tc->resume)) { t5g_error("train: resume=%s: no such run directory", tc->resume); fail(t); }
     if (strcmp(tc->run_dir, "runs/run") == 0 || !tc->run_dir[0]) snprintf(tc->run_dir, sizeof tc->run_dir, "%s", tc->resume);
   }
   if (train_config_validate(tc) != 0) fail(t);
@@ -622,6 +657,7 @@ int cmd_train(int argc, char **argv) {
     if (rc == 0) tlog(t, "resume: no checkpoint in %s, starting from step 0\n", tc->resume);
     else tlog(t, "resume: %s (step %lld)\n", loaded, (long long)t->step);
     free(loaded);
+    if (t->rank == 0) trim_metrics(t);
   }
   /* everything identical on every rank from here */
   if (!dist_same_u64(weights_checksum(&t->m.ps))) { t5g_error("train: weights differ across ranks at start"); fail(t); }
@@ -661,6 +697,9 @@ int cmd_train(int argc, char **argv) {
                   "lower lr, check the data, or raise max_bad_steps", (long long)t->bad_in_row, tc->run_dir, tc->run_dir);
         fail(t);
       }
+      int64_t sig = t5g_stop_requested();
+      dist_allreduce_sum_i64(&sig, 1);
+      if (sig) { tlog(t, "signal received: stopping (the last checkpoint is kept)\n"); stop = 1; }
       continue;
     }
     t->bad_in_row = 0;
@@ -716,7 +755,7 @@ int cmd_train(int argc, char **argv) {
       t_last = t5g_now();
     }
   }
-  if (!stop && t->rank == 0) {
+  if (t->step == tc->steps && t->rank == 0) {
     /* the final model in Hugging Face format (optionally the average of the last checkpoints) */
     char *hf = t5g_path_join(tc->run_dir, "hf");
     if (tc->average_last > 1) {
@@ -725,6 +764,12 @@ int cmd_train(int argc, char **argv) {
       tlog(t, "averaged the weights of the last %d checkpoints (spec 4.4)\n", used);
     }
     if (hf_save(&t->m.ps, &t->m.cfg, hf, NULL) != 0) fail(t);
+    if (tc->tokenizer[0]) {   /* a Hugging Face directory carries its tokenizer */
+      const char *base = strrchr(tc->tokenizer, '/');
+      char *dst = t5g_path_join(hf, base ? base + 1 : tc->tokenizer);
+      if (t5g_copy_file(tc->tokenizer, dst) != 0) fail(t);
+      free(dst);
+    }
     tlog(t, "done: %lld steps in %.1f s; model in %s (Hugging Face format), checkpoints in %s\n",
          (long long)t->step, t5g_now() - t->t_start, hf, tc->run_dir);
     double tot = 0;
