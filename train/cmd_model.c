@@ -193,7 +193,7 @@ int cmd_adapt(int argc, char **argv) {
   (void)nf;
   if (write_config(&ct, out, dt) != 0) t5g_die_last();
   /* the tokenizer files of the decoder source travel with the model */
-  const char *tokfiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"};
+  const char *tokfiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"};
   for (size_t i = 0; i < sizeof tokfiles / sizeof tokfiles[0]; i++) {
     char *src = t5g_path_join(pb, tokfiles[i]), *dst = t5g_path_join(out, tokfiles[i]);
     if (t5g_file_exists(src) && t5g_copy_file(src, dst) != 0) t5g_die_last();
