@@ -4,6 +4,7 @@
 #include "eval/generate.h"
 #include "data/tokenizer.h"
 #include "model/runtime.h"
+#include "model/weights_bf16.h"
 #include <cblas.h>
 #include <float.h>
 #include <math.h>
@@ -343,6 +344,7 @@ int decode_encode(DecodeState *s, const int32_t *const *prompts, const int *lens
     s->xk[l] = falloc((size_t)n_src * Te * s->kd);
     s->xv[l] = falloc((size_t)n_src * Te * s->kd);
     const LayerParams *LP = &s->sp->layers[l];
+    if (s->sp->bf16) wbf16_layer(s->sp, LP);   /* bf16 weights: this layer's matrices in f32 */
     linear(enc->data, n_src * Te, de, LP->xk, s->kd, s->xk[l]);
     linear(enc->data, n_src * Te, de, LP->xv, s->kd, s->xv[l]);
   }
@@ -378,14 +380,18 @@ void decode_forward(DecodeState *s, int n, const int *rows, const int32_t *ids, 
   }
   if (s->has_cross) T5G_ASSERT(s->xk != NULL);
   /* embedding · sqrt(d) (spec 1.6, 2.5) */
-  const float *E = sp->embed->data;
-  float esc = sp->embed_scale;
+  if (sp->bf16) wbf16_embed_rows(sp, ids, n, s->x);   /* bf16 weights: only these rows */
+  else {
+    const float *E = sp->embed->data;
+    float esc = sp->embed_scale;
 #pragma omp parallel for schedule(static) if ((size_t)n * d >= 4 * PAR_MIN)
-  for (int i = 0; i < n; i++)
-    for (int j = 0; j < d; j++) s->x[(size_t)i * d + j] = E[(size_t)ids[i] * d + j] * esc;
+    for (int i = 0; i < n; i++)
+      for (int j = 0; j < d; j++) s->x[(size_t)i * d + j] = E[(size_t)ids[i] * d + j] * esc;
+  }
 
   for (int l = 0; l < s->L; l++) {
     const LayerParams *LP = &sp->layers[l];
+    if (sp->bf16) wbf16_layer(sp, LP);   /* bf16 weights: this layer's matrices in f32 */
     /* self-attention sub-block */
     rmsnorm(s->x, n, d, LP->ln_pre_attn->data, s->eps, s->a);
     linear(s->a, n, d, LP->q, qd, s->q);
@@ -439,7 +445,8 @@ void decode_forward(DecodeState *s, int n, const int *rows, const int32_t *ids, 
     }
     if (n_out > 0) {
       const int V = s->V;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_out, V, d, 1.0f, s->x, d, sp->embed->data, d, 0.0f, logits, V);
+      if (sp->bf16) wbf16_logits(sp, s->x, n_out, logits, V);   /* head converted block by block */
+      else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_out, V, d, 1.0f, s->x, d, sp->embed->data, d, 0.0f, logits, V);
       float cap = s->m->cfg.dec.final_logit_softcapping;
       if (cap > 0) {
 #pragma omp parallel for schedule(static) if ((size_t)n_out * V * 8 >= PAR_MIN)

@@ -1,5 +1,6 @@
 /* score.c: batched teacher-forced log-likelihoods (contract: eval/score.h). */
 #include "eval/score.h"
+#include "model/weights_bf16.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -153,7 +154,7 @@ int score_items(Model *m, const ScoreItem *items, int n, int batch_size, int per
     int64_t s2[2] = {(int64_t)B * Td, dc->hidden_size};
     h = tensor_view(&g, h, 2, s2);
     float *nll = arena_calloc(&arena, (size_t)B * Td * sizeof(float));
-    op_softcap_ce(&g, h, m->dec.embed, labels, dc->final_logit_softcapping, 1.0f, nll, NULL);
+    lm_head_ce(m, &g, h, labels, 1.0f, nll, NULL);   /* op_softcap_ce, or its bf16-weights twin */
     for (int r = 0; r < B; r++) {
       ScoreResult *rs = &res[ord[b0 + r].idx];
       int nt = rows[r]->n_tgt, first = encdec ? 0 : cx[r].n - 1;

@@ -60,8 +60,18 @@ static int tied_head_ok(const ParamStore *ps, const StReader *r, const StTensor 
   return 0;
 }
 
+static int load_f32(void *ctx, int i, const StReader *r, const StTensor *t) {
+  ParamStore *ps = ctx;
+  st_read_f32(t, ps->e[i].t.data);
+  return 0;
+}
+
 int hf_load_params(ParamStore *ps, const char *path) {
   T5G_ASSERT(ps->finalized);
+  return hf_load_params_with(ps, path, load_f32, ps);
+}
+
+int hf_load_params_with(ParamStore *ps, const char *path, HfLoadFn load, void *ctx) {
   StReader r;
   if (st_open(&r, path)) return -1;
   char buf[1900];
@@ -106,7 +116,8 @@ int hf_load_params(ParamStore *ps, const char *path) {
     st_close(&r);
     return -1;
   }
-  for (int i = 0; i < ps->n; i++) st_read_f32(st_find(&r, ps->e[i].name), ps->e[i].t.data);
+  for (int i = 0; i < ps->n; i++)
+    if (load(ctx, i, &r, st_find(&r, ps->e[i].name)) != 0) { st_close(&r); return -1; }
   st_close(&r);
   return 0;
 }

@@ -29,6 +29,13 @@
  * head described above. Nothing is partially reported as success: on error the store's values
  * are unspecified. */
 int hf_load_params(ParamStore *ps, const char *path);
+/* (added by h14, issue 10) The same checks, then load(ctx, i, r, t) for every entry i in store
+ * order with its stored tensor t (memory-mapped, valid during the call) instead of converting t
+ * to f32 into ps->e[i].t.data: the caller decides where the values go (bf16 weights,
+ * model/weights_bf16.h). ps need not be finalized. load returns 0, or -1 with t5g_error() to
+ * stop (hf_load_params_with then returns -1). */
+typedef int (*HfLoadFn)(void *ctx, int entry, const StReader *r, const StTensor *t);
+int hf_load_params_with(ParamStore *ps, const char *path, HfLoadFn load, void *ctx);
 
 typedef struct HfSaveOptions {
   StDtype dtype;              /* ST_F32 (default when opt is NULL), ST_BF16 or ST_F16 */

@@ -1,7 +1,9 @@
 /* memory.c: memory predictions (see memory.h). The per-token counts mirror the tensors that
  * model.c's layer code allocates through the ops (one f32 each, rows = tokens). */
 #include "model/memory.h"
+#include "model/runtime.h"
 #include "model/util.h"
+#include "model/weights_bf16.h"
 
 #define LOSS_CHUNK_ROWS 256   /* rows per loss chunk (ops_loss.c), for the [rows, V] buffers */
 
@@ -73,7 +75,9 @@ static int64_t nograd_stack(const StackConfig *s, int64_t tokens, int cross, int
 MemEstimate memory_infer(const ModelConfig *c, int B, int Te, int Td, int bf16_weights) {
   MemEstimate m = {0};
   int64_t P = config_param_counts(c).total;
-  m.weights = (bf16_weights ? 2 : 4) * P;
+  /* bf16: 2 bytes per parameter plus one layer's matrices, the norms and the LM-head blocks
+   * in f32 (model/weights_bf16.h) */
+  m.weights = bf16_weights ? 2 * P + wbf16_extra_bytes(c, t5g_threads()) : 4 * P;
   int64_t te = (int64_t)B * Te, td = (int64_t)B * Td;
   if (c->kind == MODEL_T5GEMMA)
     m.activations = nograd_stack(&c->enc, te, 0, 0, 0) +
@@ -81,6 +85,36 @@ MemEstimate memory_infer(const ModelConfig *c, int B, int Te, int Td, int bf16_w
   else
     m.activations = nograd_stack(&c->dec, td, 0, 0, 0);
   m.activations += loss_buffers(c, td);
+  total(&m);
+  return m;
+}
+
+MemEstimate memory_generate(const ModelConfig *c, int rows, int prompt_len, int new_tokens, int bf16_weights) {
+  MemEstimate m = {0};
+  int64_t P = config_param_counts(c).total;
+  m.weights = bf16_weights ? 2 * P + wbf16_extra_bytes(c, t5g_threads()) : 4 * P;
+  const StackConfig *s = &c->dec;
+  const int encdec = c->kind == MODEL_T5GEMMA;
+  const int64_t R = rows < 1 ? 1 : rows, chunk = encdec ? 1 : 64;   /* generate.c prefill_chunk */
+  const int64_t max_len = encdec ? new_tokens : (int64_t)prompt_len + new_tokens;
+  const int64_t kd = (int64_t)s->num_key_value_heads * s->head_dim, qd = (int64_t)s->num_attention_heads * s->head_dim;
+  const int64_t d = s->hidden_size, F = s->intermediate_size, V = s->vocab_size;
+  int64_t cache = 0, slots_max = 1;
+  for (int l = 0; l < s->num_hidden_layers; l++) {
+    int64_t slots = max_len;
+    if (s->layer_sliding[l] && s->sliding_window > 0 && s->sliding_window + chunk - 1 < slots) slots = s->sliding_window + chunk - 1;
+    if (slots > slots_max) slots_max = slots;
+    cache += 2 * R * slots * kd;
+  }
+  const int64_t T = R * (chunk < max_len ? chunk : max_len);           /* tokens of one call */
+  int64_t scratch = T * (2 * d + 2 * qd + 2 * kd + (qd > d ? qd : d) + 2 * F);
+  int64_t act = 4 * (cache + scratch) + 2 * R * V * 4 + (int64_t)t5g_threads() * (V * 8 + slots_max * 20);
+  if (encdec) {
+    const int64_t te = R * prompt_len;
+    act += 4 * 2 * te * kd * s->num_hidden_layers;                      /* cross-attention K/V */
+    act += nograd_stack(&c->enc, te, 0, 0, 0);                          /* the encoder pass */
+  }
+  m.activations = act;
   total(&m);
   return m;
 }

@@ -26,6 +26,13 @@ MemEstimate memory_train(const ModelConfig *c, int B, int Te, int Td, int recomp
 /* Inference (score / eval): weights (f32 or bf16) and a no-grad forward pass, which keeps one
  * layer's tensors at a time (model.c stack_forward_ex). */
 MemEstimate memory_infer(const ModelConfig *c, int B, int Te, int Td, int bf16_weights);
+/* (h14) Cached generation (eval/generate.c): weights, the encoder's no-grad forward over the
+ * prompts (T5Gemma) or the prefill chunk (Gemma 2), every layer's self-attention KV cache
+ * (rows x slots x K·h, slots = prompt + new tokens for global layers (T5Gemma decoder: new
+ * tokens), min(that, sliding_window + chunk - 1) for sliding ones), the cross-attention K/V of
+ * the encoder output, the per-token scratch, and two [rows, V] logits buffers. rows = batch
+ * size, or 2 x num_beams for beam search (its caches are double-buffered). */
+MemEstimate memory_generate(const ModelConfig *c, int rows, int prompt_len, int new_tokens, int bf16_weights);
 /* Streaming adaptation: one tensor at a time (the largest, in f32), plus mapped pages. */
 MemEstimate memory_adapt(const ModelConfig *target);
 /* Activation bytes per training step (forward tensors only, no gradients). */

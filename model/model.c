@@ -2,6 +2,7 @@
 #include "model/model.h"
 #include "model/hf_io.h"
 #include "model/rng.h"
+#include "model/weights_bf16.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,15 +111,20 @@ int model_plan(Model *m, const ModelConfig *cfg) {
   return 0;
 }
 
+void model_resolve(Model *m) {
+  if (m->cfg.kind == MODEL_T5GEMMA) resolve_stack(m, &m->enc);
+  resolve_stack(m, &m->dec);
+}
+
 int model_init(Model *m, const ModelConfig *cfg) {
   if (model_plan(m, cfg) != 0) return -1;
   params_finalize(&m->ps);
-  if (cfg->kind == MODEL_T5GEMMA) resolve_stack(m, &m->enc);
-  resolve_stack(m, &m->dec);
+  model_resolve(m);
   return 0;
 }
 
 void model_free(Model *m) {
+  wbf16_free(m->dec.bf16);
   free(m->enc.layers);
   free(m->dec.layers);
   params_free(&m->ps);
@@ -295,7 +301,7 @@ Tensor *stack_forward_ex(Graph *g, const StackParams *sp, const int32_t *ids, co
                          Tensor *enc_out, const uint8_t *enc_mask, const int32_t *enc_seg, int Te, int recompute) {
   const StackConfig *s = sp->cfg;
   int64_t shape[2] = {B, T};
-  Tensor *x = op_embedding(g, ids, 2, shape, sp->embed, sp->embed_scale);
+  Tensor *x = sp->bf16 ? wbf16_embedding(g, sp, ids, 2, shape) : op_embedding(g, ids, 2, shape, sp->embed, sp->embed_scale);
   x = op_dropout(g, x, s->dropout_rate);
   LayerArgs la = {sp, 0, mask, pos, seg, B, T, causal, enc_out, enc_mask, enc_seg, Te};
   if (!g->grad_enabled) {
@@ -305,6 +311,7 @@ Tensor *stack_forward_ex(Graph *g, const StackParams *sp, const int32_t *ids, co
     Tensor *buf[2] = {tensor_new(g, "layer_out", x->ndim, x->shape), tensor_new(g, "layer_out", x->ndim, x->shape)};
     for (int i = 0; i < s->num_hidden_layers; i++) {
       la.layer = i;
+      if (sp->bf16) wbf16_layer(sp, &sp->layers[i]);   /* this layer's matrices in f32 */
       ArenaMark mk = arena_mark(g->arena);
       Tensor *y = layer_forward(g, &la, x, enc_out);
       Tensor *dst = buf[i & 1];
@@ -345,8 +352,7 @@ Tensor *model_loss(Model *m, Graph *g, const Batch *b, float normalizer, LossSta
                    float *row_nll, Tensor **dec_hidden) {
   Tensor *h = model_hidden(m, g, b);
   if (dec_hidden) *dec_hidden = h;
-  return op_softcap_ce(g, h, m->dec.embed, b->labels, m->cfg.dec.final_logit_softcapping,
-                       normalizer > 0 ? normalizer : 1.0f, row_nll, st);
+  return lm_head_ce(m, g, h, b->labels, normalizer > 0 ? normalizer : 1.0f, row_nll, st);
 }
 
 int model_load_dir(Model *m, const char *dir) {

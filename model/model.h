@@ -40,6 +40,8 @@ typedef struct StackParams {
   LayerParams *layers;                   /* [L] */
   int is_encoder, has_cross;
   float embed_scale;                     /* sqrt(d) (f32, or bf16-rounded: ModelConfig) */
+  struct WeightsBf16 *bf16;              /* (h14) non-NULL: weights stored as bf16, inference
+                                            only (model/weights_bf16.h) */
 } StackParams;
 
 typedef struct Model {
@@ -56,6 +58,9 @@ int  model_init(Model *m, const ModelConfig *cfg);
 /* Register the parameters (names, shapes, offsets) without allocating them: for tools that
  * stream tensors (random checkpoints, adaptation). model_free releases it. */
 int  model_plan(Model *m, const ModelConfig *cfg);
+/* (h14) After model_plan, when the caller provides the parameter storage itself (bf16 weights,
+ * inference without gradient buffers): point the StackParams' Tensors at the store's entries. */
+void model_resolve(Model *m);
 void model_free(Model *m);
 
 /* Random initialisation, seeded: matrices and embeddings ~ normal(0, initializer_range), norm

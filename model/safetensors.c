@@ -373,6 +373,19 @@ void st_read_f32(const StTensor *t, float *out) { st_convert_to_f32(t->dtype, t-
 
 const char *st_tensor_file(const StReader *r, const StTensor *t) { return r->files[t->file].path; }
 
+void st_release(const StReader *r, const StTensor *t, int64_t byte_off, int64_t nbytes) {
+  if (nbytes <= 0) return;
+  const StFile *f = &r->files[t->file];
+  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  uintptr_t base = (uintptr_t)f->map, end_map = base + f->size;
+  uintptr_t a = (uintptr_t)t->data + (uintptr_t)byte_off, b = a + (uintptr_t)nbytes;
+  a &= ~(page - 1);                        /* outward to whole pages, within the mapping */
+  b = (b + page - 1) & ~(page - 1);
+  if (a < base) a = base;
+  if (b > end_map) b = end_map;
+  if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);   /* advisory: failure changes nothing */
+}
+
 /* ---- writer ------------------------------------------------------------------------------- */
 
 typedef struct WTensor {

@@ -105,6 +105,13 @@ const char *st_shape_str(int ndim, const int64_t *shape, char *buf, size_t n);
 void st_read_f32(const StTensor *t, float *out);
 /* The tensor's file path, for messages. */
 const char *st_tensor_file(const StReader *r, const StTensor *t);
+/* (added by h14, issue 10) Drop the mapped pages holding bytes [byte_off, byte_off + nbytes) of
+ * t's data from this process's resident set (madvise MADV_DONTNEED; whole pages, rounded
+ * outward within the file's mapping). The page cache keeps the file's pages, and reading them
+ * again maps them back, so t's data stays valid: this only keeps streaming readers of
+ * checkpoints larger than memory (adapt, the inference loader) from accumulating the whole
+ * file in their resident memory. */
+void st_release(const StReader *r, const StTensor *t, int64_t byte_off, int64_t nbytes);
 
 /* ---- Writer (streaming) ------------------------------------------------------------------ */
 /* Usage: w = st_writer_begin(dir, NULL, ST_BF16, 2LL << 30);
