@@ -4,6 +4,7 @@
 #include "eval/cli_common.h"
 #include "eval/tasks.h"
 #include "model/runtime.h"
+#include "model/weights_bf16.h"
 #include "train/commands.h"
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -33,6 +34,8 @@ static const char *USAGE =
   "Options:\n"
   "  --model DIR              Hugging Face checkpoint directory\n"
   "  --tokenizer PATH         tokenizer (default: the one in DIR)\n"
+  "  --weights auto|f32|bf16  dtype of the weights in memory (default auto: f32 when the model fits\n"
+  "                           in the available memory, else bf16; the log says which)\n"
   "  --num-fewshot N          default 0\n"
   "  --seed S                 few-shot sampling seed (default 1234)\n"
   "  --limit N                evaluate the first N examples of each task (few-shot examples are\n"
@@ -77,6 +80,7 @@ int cmd_eval(int argc, char **argv) {
   const char *model_dir = NULL, *tok_path = NULL, *json_out = NULL, *data_dir = NULL;
   const char **tasks = t5g_calloc(argc, sizeof(char *));
   int n_tasks = 0, stop_on_error = 0, objective_set = 0;
+  WeightsMode wm = WEIGHTS_AUTO;
   char *prefix = NULL;
   TaskOptions to;
   task_options_default(&to);
@@ -89,6 +93,7 @@ int cmd_eval(int argc, char **argv) {
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(USAGE, stdout); free(tasks); return 0; }
     else if (cli_is(a, "--model")) { VAL(); model_dir = v; }
     else if (cli_is(a, "--tokenizer")) { VAL(); tok_path = v; }
+    else if (cli_is(a, "--weights")) { VAL(); if (weights_mode_parse(v, &wm)) goto bad; }
     else if (cli_is(a, "--task")) { VAL(); tasks[n_tasks++] = v; }
     else if (cli_is(a, "--num-fewshot")) { VAL(); if (cli_int("--num-fewshot", v, 0, 1000, &to.num_fewshot)) goto bad; }
     else if (cli_is(a, "--seed")) { VAL(); if (cli_u64("--seed", v, &to.seed)) goto bad; vo.seed = to.seed; }
@@ -118,7 +123,8 @@ int cmd_eval(int argc, char **argv) {
   if (!n_tasks && !data_dir) { t5g_error("eval: nothing to evaluate: give task files and/or --data DIR (see --help)"); goto bad; }
   rc = 1;
   Model m;
-  if (cli_load_model(&m, model_dir) != 0) goto bad;
+  InferPlan ip = {"eval", to.batch_size, vo.enc_len, vo.dec_len, n_tasks ? to.max_new_tokens : 0};
+  if (model_load_infer(&m, model_dir, wm, &ip, NULL) != 0) goto bad;
   if (!objective_set) vo.objective = m.cfg.kind == MODEL_T5GEMMA ? "prefixlm" : "causal";
   int tfail;
   Tokenizer *tok = cli_load_tokenizer(tok_path, model_dir, &m, n_tasks > 0, &tfail);

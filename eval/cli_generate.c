@@ -3,6 +3,7 @@
 #include "data/tokenizer.h"
 #include "eval/cli_common.h"
 #include "eval/generate.h"
+#include "model/weights_bf16.h"
 #include "train/commands.h"
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -25,6 +26,8 @@ static const char *USAGE =
   "Model:\n"
   "  --model DIR            Hugging Face checkpoint directory (config.json + safetensors)\n"
   "  --tokenizer PATH       tokenizer.json / tokenizer.model (default: the one in DIR)\n"
+  "  --weights auto|f32|bf16  dtype of the weights in memory (default auto: f32 when the model fits\n"
+  "                         in the available memory, else bf16; the log says which)\n"
   "Decoding (default: greedy):\n"
   "  --max-new-tokens N     default 64\n"
   "  --greedy               argmax decoding (overrides the sampling options)\n"
@@ -99,6 +102,7 @@ int cmd_generate(int argc, char **argv) {
   const char *model_dir = NULL, *tok_path = NULL, *jsonl = NULL;
   const char **prompts = t5g_calloc(argc, sizeof(char *));
   int n_prompts = 0, chat = 0, json = 0, batch = 8, greedy_flag = 0, sampling = 0, num_return = 1, stop_on_error = 0;
+  WeightsMode wm = WEIGHTS_AUTO;
   GenConfig gc;
   gen_config_default(&gc, NULL);
   float f;
@@ -109,6 +113,7 @@ int cmd_generate(int argc, char **argv) {
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(USAGE, stdout); free(prompts); return 0; }
     else if (cli_is(a, "--model")) { VAL(); model_dir = v; }
     else if (cli_is(a, "--tokenizer")) { VAL(); tok_path = v; }
+    else if (cli_is(a, "--weights")) { VAL(); if (weights_mode_parse(v, &wm)) goto bad; }
     else if (cli_is(a, "--prompt")) { VAL(); prompts[n_prompts++] = v; }
     else if (cli_is(a, "--jsonl")) { VAL(); jsonl = v; }
     else if (!strcmp(a, "--chat")) chat = 1;
@@ -139,7 +144,9 @@ int cmd_generate(int argc, char **argv) {
   rc = 0;                       /* from here on errors are run-time errors (exit 1), not usage (2) */
 
   Model m;
-  if (cli_load_model(&m, model_dir) != 0) goto bad;
+  /* memory estimate for prompts of up to 512 tokens; beam search double-buffers its caches */
+  InferPlan ip = {"generate", gc.num_beams > 1 ? 2 * gc.num_beams : batch, 512, 0, gc.max_new_tokens};
+  if (model_load_infer(&m, model_dir, wm, &ip, NULL) != 0) goto bad;
   int tfail;
   Tokenizer *tok = cli_load_tokenizer(tok_path, model_dir, &m, 1, &tfail);
   if (!tok) { model_free(&m); goto bad; }

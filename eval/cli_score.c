@@ -3,6 +3,7 @@
 #include "data/tokenizer.h"
 #include "eval/cli_common.h"
 #include "eval/score.h"
+#include "model/weights_bf16.h"
 #include "train/commands.h"
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -43,7 +44,11 @@ static const char *USAGE =
   "                         too), i.e. also score the end of the sequence\n"
   "  --no-bos               do not prepend <bos> to text inputs (JAX T5Gemma's sampler encodes the\n"
   "                         prompt without it, spec 5)\n"
-  "  --on-error skip|stop   default skip\n";
+  "  --on-error skip|stop   default skip\n"
+  "  --weights auto|f32|bf16  dtype of the weights in memory (default auto: f32 when the model fits\n"
+  "                         in the available memory, else bf16; the log says which; see\n"
+  "                         `t5gemma info MODEL`); bf16 halves the weights' memory, results equal\n"
+  "                         the f32 model of the bf16-rounded weights\n";
 
 typedef struct Ex {
   int line;
@@ -126,6 +131,7 @@ static void ex_free(Ex *e) { free(e->ctx); free(e->tgt); free(e->id_json); free(
 int cmd_score(int argc, char **argv) {
   const char *model_dir = NULL, *tok_path = NULL, *in_path = NULL, *out_path = NULL;
   int batch = 16, per_token = 0, target_eos = 0, bos = 1, stop_on_error = 0;
+  WeightsMode wm = WEIGHTS_AUTO;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v;
 #define VAL() do { if (!(v = cli_value(argc, argv, &i))) goto bad; } while (0)
@@ -138,6 +144,7 @@ int cmd_score(int argc, char **argv) {
     else if (!strcmp(a, "--per-token")) per_token = 1;
     else if (!strcmp(a, "--target-eos")) target_eos = 1;
     else if (!strcmp(a, "--no-bos")) bos = 0;
+    else if (cli_is(a, "--weights")) { VAL(); if (weights_mode_parse(v, &wm)) goto bad; }
     else if (cli_is(a, "--on-error")) {
       VAL();
       if (!strcmp(v, "skip")) stop_on_error = 0;
@@ -149,7 +156,8 @@ int cmd_score(int argc, char **argv) {
   }
   if (!model_dir) { t5g_error("score: --model DIR is required (see --help)"); goto bad; }
   Model m;
-  if (cli_load_model(&m, model_dir) != 0) goto fail0;
+  InferPlan ip = {"score", batch, 512, 512, 0};   /* memory estimate for rows of up to 512 tokens */
+  if (model_load_infer(&m, model_dir, wm, &ip, NULL) != 0) goto fail0;
   int tfail;
   Tokenizer *tok = cli_load_tokenizer(tok_path, model_dir, &m, tok_path != NULL, &tfail);
   if (tfail) { model_free(&m); goto fail0; }

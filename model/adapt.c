@@ -154,6 +154,7 @@ typedef struct StreamFill {
   const AdaptRule *r;
   const AdaptOptions *o;
   const StTensor *src;   /* RULE_COPY */
+  const StReader *rd;    /* its reader */
   Rng rng;               /* RULE_RANDOM: advanced in element order */
   int64_t next;          /* next expected offset (random streams are sequential) */
 } StreamFill;
@@ -163,6 +164,7 @@ static int stream_fill(void *ctx, int64_t off, int64_t n, float *out) {
   if (f->r->kind == RULE_COPY) {
     int es = st_dtype_size(f->src->dtype);
     st_convert_to_f32(f->src->dtype, (const char *)f->src->data + off * es, out, n);
+    st_release(f->rd, f->src, off * es, n * es);   /* read once: keep resident memory at a chunk */
     return 0;
   }
   if (f->r->kind == RULE_ZERO) { memset(out, 0, (size_t)n * sizeof(float)); return 0; }
@@ -191,8 +193,8 @@ int adapt_stream(const AdaptRule *rules, int n, const AdaptOptions *o, const StR
   }
   for (int i = 0; i < n; i++) {
     const AdaptRule *r = &rules[i];
-    StreamFill f = {r, o, NULL, {0}, 0};
-    if (r->kind == RULE_COPY) f.src = st_find(r->source ? b : a, r->src_name);
+    StreamFill f = {r, o, NULL, NULL, {0}, 0};
+    if (r->kind == RULE_COPY) { f.rd = r->source ? b : a; f.src = st_find(f.rd, r->src_name); }
     if (r->kind == RULE_RANDOM) rng_seed(&f.rng, o->seed ^ t5g_fnv1a64(r->target, strlen(r->target), T5G_FNV_SEED));
     if (st_writer_write_fn(w, r->target, stream_fill, &f) != 0) { st_writer_abort(w); return -1; }
   }

@@ -227,8 +227,7 @@ int model_load_weights(Model *m, const char *dir, WeightsMode mode) {
   ModelConfig cfg;
   if (config_load(dir, &cfg) != 0) return -1;
   if (model_plan(m, &cfg) != 0) return -1;
-  model_resolve(m);
-  if (mode == WEIGHTS_BF16) attach(m);
+  if (mode == WEIGHTS_BF16) { model_resolve(m); attach(m); }
   else {
     ParamStore *ps = &m->ps;
     ps->data = t5g_alloc_aligned((size_t)(ps->n_total ? ps->n_total : 1) * sizeof(float));
@@ -241,6 +240,7 @@ int model_load_weights(Model *m, const char *dir, WeightsMode mode) {
       ps->e[i].frozen = 1;
       ps->e[i].t.requires_grad = 0;
     }
+    model_resolve(m);   /* after the storage exists, like model_init */
   }
   LoadCtx c = {m, mode == WEIGHTS_BF16};
   if (hf_load_params_with(&m->ps, dir, load_one, &c) != 0) { model_free(m); return -1; }
@@ -273,13 +273,17 @@ int model_load_infer(Model *m, const char *dir, WeightsMode mode, const InferPla
     why = use == WEIGHTS_F32 ? " (auto: the f32 model fits)" : " (auto: the f32 model would not fit)";
   }
   MemEstimate need = use == WEIGHTS_BF16 ? b : f;
-  char what[160], b1[32], b2[32], b3[32];
-  snprintf(what, sizeof what, "%s with %s weights (%.2fB parameters)", p.command ? p.command : "inference",
-           use == WEIGHTS_BF16 ? "bf16" : "f32", config_param_counts(&cfg).total / 1e9);
-  if (memory_check(what, need.total) != 0) {
+  char what[160], b1[32], b2[32], b3[32], b4[32];
+  if (avail > 0 && need.total > avail) {   /* refuse before allocating anything */
+    char hint[200] = "";
     if (use == WEIGHTS_F32 && b.total <= avail)
-      return t5g_error("%s; --weights bf16 would need about %s", t5g_last_error(), t5g_fmt_bytes((double)b.total, b1, sizeof b1));
-    return -1;
+      snprintf(hint, sizeof hint, "; --weights bf16 would need about %s", t5g_fmt_bytes((double)b.total, b4, sizeof b4));
+    return t5g_error("%s: %s with %s weights (%.2fB parameters) needs about %s of memory (weights %s, working memory %s) "
+                     "but only %s is available%s; see `t5gemma info %s` for the needs of each command",
+                     dir, p.command ? p.command : "inference", use == WEIGHTS_BF16 ? "bf16" : "f32", config_param_counts(&cfg).total / 1e9,
+                     t5g_fmt_bytes((double)need.total, b1, sizeof b1), t5g_fmt_bytes((double)need.weights, b2, sizeof b2),
+                     t5g_fmt_bytes((double)(need.activations + need.overhead), b3, sizeof b3), t5g_fmt_bytes((double)avail, what, sizeof what),
+                     hint, dir);
   }
   double t0 = t5g_now();
   if (model_load_weights(m, dir, use) != 0) return -1;

@@ -70,8 +70,9 @@ typedef struct InferPlan {
  *  1. reads config.json and predicts the memory of the plan with f32 and with bf16 weights
  *     (memory_infer / memory_generate);
  *  2. mode AUTO picks f32 when that fits the available memory (MemAvailable), else bf16;
- *  3. refuses, before allocating anything, when the chosen mode does not fit (memory_check:
- *     -1 with a message naming the command, the need, what is available and `t5gemma info`);
+ *  3. refuses, before allocating anything, when the chosen mode does not fit: -1 with a message
+ *     naming the directory, the command and dtype, the need (weights and working memory), what
+ *     is available, whether bf16 would fit, and `t5gemma info`;
  *  4. loads the weights: f32 (converted from the stored dtype, exact for BF16/F16) or bf16
  *     (copied from BF16 shards, rounded to nearest even from F32, via f32 from F16), straight
  *     from the memory-mapped safetensors, tensor by tensor, releasing each tensor's mapped pages

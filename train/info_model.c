@@ -28,16 +28,17 @@ static void mem_row(const char *what, MemEstimate m) {
 }
 
 int info_model(const char *model, int argc, char **argv) {
-  int B = 8, Te = 512, Td = 512, ranks = 0;
+  int B = 8, Te = 512, Td = 512, ranks = 0, new_tokens = 128;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (i + 1 < argc && !strcmp(a, "--batch")) B = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(a, "--enc-len")) Te = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(a, "--dec-len")) Td = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(a, "--ranks")) ranks = atoi(argv[++i]);
-    else t5g_fatal("info: unknown argument '%s' (options: --batch B --enc-len Te --dec-len Td --ranks N)", a);
+    else if (i + 1 < argc && !strcmp(a, "--new-tokens")) new_tokens = atoi(argv[++i]);
+    else t5g_fatal("info: unknown argument '%s' (options: --batch B --enc-len Te --dec-len Td --ranks N --new-tokens N)", a);
   }
-  if (B < 1 || Te < 1 || Td < 1) t5g_fatal("info: --batch, --enc-len and --dec-len must be positive");
+  if (B < 1 || Te < 1 || Td < 1 || new_tokens < 1) t5g_fatal("info: --batch, --enc-len, --dec-len and --new-tokens must be positive");
   ModelConfig c;
   if (config_resolve(model, &c) != 0) t5g_die_last();
   int encdec = c.kind == MODEL_T5GEMMA;
@@ -59,7 +60,13 @@ int info_model(const char *model, int argc, char **argv) {
   printf("memory (predicted; %s; this machine has %.1f GB available):\n", lens, t5g_mem_available() / 1e9);
   if (encdec) mem_row("adapt (streamed)", memory_adapt(&c));
   mem_row("score / eval, f32 weights", memory_infer(&c, B, Te, Td, 0));
-  mem_row("score / eval / generate, bf16", memory_infer(&c, B, Te, Td, 1));
+  mem_row("score / eval, bf16 weights", memory_infer(&c, B, Te, Td, 1));
+  /* (h14) cached generation: B prompts of Te (T5Gemma encoder input) or Td (Gemma 2) tokens */
+  char gw[64];
+  snprintf(gw, sizeof gw, "generate (%d new tokens), f32", new_tokens);
+  mem_row(gw, memory_generate(&c, B, encdec ? Te : Td, new_tokens, 0));
+  snprintf(gw, sizeof gw, "generate (%d new tokens), bf16", new_tokens);
+  mem_row(gw, memory_generate(&c, B, encdec ? Te : Td, new_tokens, 1));
   mem_row("train", memory_train(&c, B, Te, Td, 0, 1, 0));
   mem_row("train, recompute=1", memory_train(&c, B, Te, Td, 1, 1, 0));
   int rlist[4] = {2, 4, 8, 16};
@@ -70,5 +77,7 @@ int info_model(const char *model, int argc, char **argv) {
     mem_row(what, memory_train(&c, B, Te, Td, 1, r, 1));
     if (ranks > 0) break;
   }
+  printf("score, eval and generate refuse to start when their need exceeds the available memory; their\n"
+         "--weights auto keeps f32 weights when they fit, else bf16 (the halved weights above).\n");
   return 0;
 }
