@@ -95,6 +95,22 @@ static void resolve_stack(Model *m, StackParams *sp) {
     RESOLVE(m, L->ln_pre_cross); RESOLVE(m, L->ln_post_cross);
     RESOLVE(m, L->ln_pre_ffw); RESOLVE(m, L->ln_post_ffw);
   }
+  /* layer spans in the flat buffer (registration keeps each layer contiguous) */
+  sp->layer_lo = t5g_calloc(sp->cfg->num_hidden_layers, sizeof(int64_t));
+  sp->layer_hi = t5g_calloc(sp->cfg->num_hidden_layers, sizeof(int64_t));
+  for (int i = 0; i < sp->cfg->num_hidden_layers; i++) {
+    LayerParams *L = &sp->layers[i];
+    Tensor *ts[] = {L->q, L->k, L->v, L->o, L->xq, L->xk, L->xv, L->xo, L->gate, L->up, L->down,
+                    L->ln_pre_attn, L->ln_post_attn, L->ln_pre_cross, L->ln_post_cross, L->ln_pre_ffw, L->ln_post_ffw};
+    int64_t lo = INT64_MAX, hi = 0;
+    for (size_t j = 0; j < sizeof ts / sizeof ts[0]; j++) {
+      if (!ts[j] || !ts[j]->data) continue;
+      int64_t o = ts[j]->data - m->ps.data;
+      if (o < lo) lo = o;
+      if (o + ts[j]->n > hi) hi = o + ts[j]->n;
+    }
+    sp->layer_lo[i] = lo; sp->layer_hi[i] = hi;
+  }
 }
 
 int model_plan(Model *m, const ModelConfig *cfg) {
@@ -125,8 +141,8 @@ int model_init(Model *m, const ModelConfig *cfg) {
 
 void model_free(Model *m) {
   wbf16_free(m->dec.bf16);
-  free(m->enc.layers);
-  free(m->dec.layers);
+  free(m->enc.layers); free(m->enc.layer_lo); free(m->enc.layer_hi);
+  free(m->dec.layers); free(m->dec.layer_lo); free(m->dec.layer_hi);
   params_free(&m->ps);
   memset(m, 0, sizeof *m);
 }
@@ -322,6 +338,7 @@ Tensor *stack_forward_ex(Graph *g, const StackParams *sp, const int32_t *ids, co
   } else {
     for (int i = 0; i < s->num_hidden_layers; i++) {
       la.layer = i;
+      if (sp->layer_lo) graph_mark_params(g, sp->layer_lo[i], sp->layer_hi[i]);
       x = recompute ? layer_forward_recompute(g, &la, x, enc_out) : layer_forward(g, &la, x, enc_out);
     }
   }

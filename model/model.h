@@ -42,6 +42,7 @@ typedef struct StackParams {
   float embed_scale;                     /* sqrt(d) (f32, or bf16-rounded: ModelConfig) */
   struct WeightsBf16 *bf16;              /* (h14) non-NULL: weights stored as bf16, inference
                                             only (model/weights_bf16.h) */
+  int64_t *layer_lo, *layer_hi;          /* [L]: each layer's parameters span [lo, hi) of the flat buffer */
 } StackParams;
 
 typedef struct Model {

@@ -108,10 +108,23 @@ void graph_init(Graph *g, Arena *arena) {
 
 void graph_reset(Graph *g) {
   g->n_nodes = 0;
+  g->n_marks = 0;
   arena_reset(g->arena);
 }
 
-void graph_free(Graph *g) { free(g->nodes); g->nodes = NULL; g->n_nodes = g->cap_nodes = 0; }
+void graph_free(Graph *g) {
+  free(g->nodes); g->nodes = NULL; g->n_nodes = g->cap_nodes = 0;
+  free(g->marks); g->marks = NULL; g->n_marks = g->cap_marks = 0;
+}
+
+void graph_mark_params(Graph *g, int64_t lo, int64_t hi) {
+  if (!g->grad_enabled) return;
+  if (g->n_marks == g->cap_marks) {
+    g->cap_marks = g->cap_marks ? 2 * g->cap_marks : 64;
+    g->marks = t5g_realloc(g->marks, sizeof *g->marks * g->cap_marks);
+  }
+  g->marks[g->n_marks++] = (struct GraphMark){g->n_nodes, lo, hi};
+}
 
 void graph_record(Graph *g, BackwardFn fn, void *ctx, OpKind kind) {
   if (g->n_nodes == g->cap_nodes) {
@@ -126,13 +139,19 @@ void graph_backward(Graph *g, Tensor *loss) {
   if (!loss->requires_grad) { g->n_nodes = 0; return; }
   float *dl = tensor_grad(g, loss);
   dl[0] += 1.0f;
+  int mk = g->n_marks - 1;
   for (int i = g->n_nodes - 1; i >= 0; i--) {
     TapeNode *nd = &g->nodes[i];
     double t0 = g->profile ? t5g_now() : 0;
     nd->backward(nd->ctx);
     if (g->profile) g->prof_sec[nd->kind] += t5g_now() - t0;
+    /* every node of the marked span has run: its parameters' gradients are final */
+    for (; mk >= 0 && g->marks[mk].node >= i; mk--)
+      if (g->bwd_hook) g->bwd_hook(g->bwd_hook_ud, g->marks[mk].lo, g->marks[mk].hi);
   }
+  for (; mk >= 0; mk--) if (g->bwd_hook) g->bwd_hook(g->bwd_hook_ud, g->marks[mk].lo, g->marks[mk].hi);
   g->n_nodes = 0;
+  g->n_marks = 0;
 }
 
 void tensor_set_shape(Tensor *t, int ndim, const int64_t *shape) {

@@ -90,6 +90,14 @@ typedef struct Graph {
   double prof_sec[OPK_COUNT];
   uint64_t dropout_seed;    /* base seed for dropout masks; op_dropout mixes in a per-call counter */
   uint64_t dropout_calls;
+  /* Gradient-ready notifications (overlapping the gradient allreduce with backward, issue 9):
+   * the model marks, at the start of each layer, the flat-buffer range [lo, hi) of that layer's
+   * parameters (graph_mark_params); during graph_backward, once every node recorded after a
+   * mark has run, that range's gradients are final and bwd_hook(ud, lo, hi) is called. */
+  struct GraphMark { int node; int64_t lo, hi; } *marks;
+  int n_marks, cap_marks;
+  void (*bwd_hook)(void *ud, int64_t lo, int64_t hi);
+  void *bwd_hook_ud;
 } Graph;
 
 void graph_init(Graph *g, Arena *arena);
@@ -98,6 +106,9 @@ void graph_reset(Graph *g);
 void graph_free(Graph *g);
 /* Record a node. ctx must live in the arena (or outlive the backward pass). */
 void graph_record(Graph *g, BackwardFn fn, void *ctx, OpKind kind);
+/* Record that the nodes recorded from now on (until the next mark) are the only ones that write
+ * the gradients of the flat parameter range [lo, hi). No-op in no-grad mode. */
+void graph_mark_params(Graph *g, int64_t lo, int64_t hi);
 /* Seed loss->grad with 1 (loss must be a scalar, n == 1) and run the tape backwards.
  * Afterwards the tape is cleared (a second backward needs a new forward). */
 void graph_backward(Graph *g, Tensor *loss);

@@ -17,6 +17,37 @@ static int g_mpi = 0;
 #define BUCKET ((int64_t)1 << 24)   /* floats per collective call (64 MiB); fits MPI's int count */
 #define MIN_CHUNK ((int64_t)1 << 14) /* floats per rank per ZeRO-1 call, at least (64 KiB) */
 
+#ifdef T5G_MPI
+static MPI_Request *g_reqs;
+static int g_nreq, g_capreq;
+#endif
+
+void dist_iallreduce_sum_f32(float *buf, int64_t n) {
+#ifdef T5G_MPI
+  if (g_world <= 1) return;
+  for (int64_t o = 0; o < n; o += BUCKET) {
+    int c = (int)(n - o < BUCKET ? n - o : BUCKET);
+    if (g_nreq == g_capreq) { g_capreq = g_capreq ? 2 * g_capreq : 64; g_reqs = t5g_realloc(g_reqs, sizeof *g_reqs * g_capreq); }
+    MPI_Iallreduce(MPI_IN_PLACE, buf + o, c, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &g_reqs[g_nreq++]);
+  }
+#else
+  (void)buf; (void)n;
+#endif
+}
+
+void dist_progress(void) {
+#ifdef T5G_MPI
+  if (g_nreq > 0) { int flag; MPI_Testall(g_nreq, g_reqs, &flag, MPI_STATUSES_IGNORE); }
+#endif
+}
+
+void dist_wait_all(void) {
+#ifdef T5G_MPI
+  if (g_nreq > 0) MPI_Waitall(g_nreq, g_reqs, MPI_STATUSES_IGNORE);
+  g_nreq = 0;
+#endif
+}
+
 void dist_init(int *argc, char ***argv) {
 #ifdef T5G_MPI
   if (!getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMI_SIZE") && !getenv("PMIX_RANK")) return;

@@ -27,6 +27,12 @@ void dist_allreduce_sum_i64(int64_t *buf, int n);
 void dist_allreduce_max_f64(double *buf, int n);
 /* In-place sum over ranks (gradients whose loss was already divided by the global token count). */
 void dist_allreduce_sum_f32(float *buf, int64_t n);
+/* Non-blocking in-place sum over ranks of buf[0..n) (bucketed), for overlapping the gradient
+ * exchange with the rest of backward; dist_progress() lets MPI advance outstanding requests
+ * (OpenMPI progresses them only inside MPI calls); dist_wait_all() completes them all. */
+void dist_iallreduce_sum_f32(float *buf, int64_t n);
+void dist_progress(void);
+void dist_wait_all(void);
 /* ZeRO-1 partition of n elements: rank r owns [lo, hi) = [r*ceil(n/W), min((r+1)*ceil(n/W), n));
  * n need not divide evenly (the last slices are shorter, possibly empty). */
 void dist_slice(int64_t n, int rank, int64_t *lo, int64_t *hi);

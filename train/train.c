@@ -72,6 +72,8 @@ typedef struct Trainer {
   int64_t tokens_since_log;
   double time_since_log;
   double last_val_loss;
+  int64_t (*reduced)[2];        /* ranges already summed across ranks during backward */
+  int n_reduced, cap_reduced;
 } Trainer;
 
 static void tlog(Trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -503,6 +505,39 @@ static double step_flops(Trainer *t, int64_t rows) {
   return 3.0 * t->flops_per_example * (double)rows;   /* forward + backward (2x forward) */
 }
 
+/* Backward hook: [lo, hi) of the flat gradient is final on this rank; start its allreduce. */
+static void reduce_ready(void *ud, int64_t lo, int64_t hi) {
+  Trainer *t = ud;
+  if (hi <= lo) return;
+  dist_iallreduce_sum_f32(t->m.ps.grad + lo, hi - lo);
+  if (t->n_reduced == t->cap_reduced) {
+    t->cap_reduced = t->cap_reduced ? 2 * t->cap_reduced : 64;
+    t->reduced = t5g_realloc(t->reduced, sizeof *t->reduced * t->cap_reduced);
+  }
+  t->reduced[t->n_reduced][0] = lo;
+  t->reduced[t->n_reduced][1] = hi;
+  t->n_reduced++;
+  dist_progress();
+}
+
+static int cmp_range(const void *a, const void *b) {
+  int64_t x = ((const int64_t *)a)[0], y = ((const int64_t *)b)[0];
+  return x < y ? -1 : x > y;
+}
+
+/* Finish the overlapped reductions and reduce every range no hook covered (blocking). */
+static void reduce_rest(Trainer *t) {
+  dist_wait_all();
+  qsort(t->reduced, t->n_reduced, sizeof *t->reduced, cmp_range);
+  int64_t pos = 0, n = t->m.ps.n_total;
+  for (int i = 0; i <= t->n_reduced; i++) {
+    int64_t lo = i < t->n_reduced ? t->reduced[i][0] : n;
+    if (lo > pos) dist_allreduce_sum_f32(t->m.ps.grad + pos, lo - pos);
+    if (i < t->n_reduced && t->reduced[i][1] > pos) pos = t->reduced[i][1];
+  }
+  t->n_reduced = 0;
+}
+
 static int train_step(Trainer *t, double *loss_out, double *gnorm_out, int64_t *tokens_out, int64_t *targets_out) {
   TrainConfig *tc = &t->tc;
   set_warmup(t);
@@ -520,8 +555,15 @@ static int train_step(Trainer *t, double *loss_out, double *gnorm_out, int64_t *
   float norm = counts[0] > 0 ? (float)counts[0] : 1.0f;
   params_zero_grad(&t->m.ps);
   double loss_sum = 0;
+  /* plain data parallelism: during the last micro-batch's backward, each layer's gradients are
+   * summed across ranks (non-blocking) as soon as they are final, overlapping the rest of
+   * backward; the parameters outside the layers (embeddings, final norms) follow at the end */
+  int overlap = t->world > 1 && !(tc->zero1 && t->world > 1);
+  t->n_reduced = 0;
   for (int k = 0; k < tc->grad_accum; k++) {
     graph_reset(&t->g);
+    t->g.bwd_hook = overlap && k == tc->grad_accum - 1 ? reduce_ready : NULL;
+    t->g.bwd_hook_ud = t;
     t->g.dropout_seed = splitmix64(tc->seed ^ splitmix64((uint64_t)t->step * 1000003ULL + (uint64_t)k * 7919ULL + (uint64_t)t->rank));
     t->g.dropout_calls = 0;
     LossStats st;
@@ -547,7 +589,7 @@ static int train_step(Trainer *t, double *loss_out, double *gnorm_out, int64_t *
     double coef = adamw_clip_coef(gnorm, tc->clip);
     if (!nonfinite && coef < 1) adamw_scale_grad(ps, t->lo, t->hi, (float)coef);
   } else {
-    dist_allreduce_sum_f32(ps->grad, ps->n_total);
+    if (overlap) reduce_rest(t);
     gnorm = adamw_clip_grad_norm(ps, tc->clip, &nonfinite);
   }
   if (t->g.profile) t->g.prof_sec[OPK_COMM] += t5g_now() - t0;
