@@ -9,7 +9,8 @@
  *  - Backward returns at once when its output's grad is NULL (nothing flowed back), and
  *    ACCUMULATES (+=) into the needed input gradients (tensor_grad() for activations; parameters
  *    carry their own grad buffer).
- *  - Matrix products go through cblas_sgemm, called outside any OpenMP region (runtime.h rule).
+ *  - Matrix products go through t5g_sgemm (model/gemm.h: cut into pieces over the OpenMP threads,
+ *    one single-threaded cblas_sgemm each), called outside any OpenMP region.
  *    Row-wise and element-wise work is OpenMP-parallel when large enough (PAR_MIN elements) and
  *    written so that gcc -O3 -march=native vectorises the inner loops: row reductions use
  *    LANES independent partial sums (a float reduction is only vectorised when it is written
@@ -22,7 +23,7 @@
 #include "model/ops.h"
 #include "model/rng.h"
 #include "model/runtime.h"
-#include <cblas.h>
+#include "model/gemm.h"
 #include <limits.h>
 #include <math.h>
 #include <omp.h>
@@ -118,12 +119,12 @@ static void linear_backward(void *p) {
   if (!dy || c->M == 0 || c->N == 0 || c->K == 0) return;
   if (c->need_dx) {       /* dx[M,K] += dy[M,N] · W[N,K] */
     float *dx = tensor_grad(c->g, c->x);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->M, c->K, c->N, 1.0f, dy, c->N,
+    t5g_sgemm(0, 0, c->M, c->K, c->N, 1.0f, dy, c->N,
                 c->w->data, c->K, 1.0f, dx, c->K);
   }
   if (c->need_dw) {       /* dW[N,K] += dyᵀ[N,M] · x[M,K] */
     float *dw = tensor_grad(c->g, c->w);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c->N, c->K, c->M, 1.0f, dy, c->N,
+    t5g_sgemm(1, 0, c->N, c->K, c->M, 1.0f, dy, c->N,
                 c->x->data, c->K, 1.0f, dw, c->K);
   }
 }
@@ -140,7 +141,7 @@ Tensor *op_linear(Graph *g, Tensor *x, Tensor *w) {
   int m = blas_dim(M), k = blas_dim(K), n = blas_dim(N);
   if (M > 0 && N > 0) {
     if (K == 0) memset(y->data, 0, (size_t)y->n * sizeof(float));
-    else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x->data, k,
+    else t5g_sgemm(0, 1, m, n, k, 1.0f, x->data, k,
                      w->data, k, 0.0f, y->data, n);
   }
   y->requires_grad = x->requires_grad || w->requires_grad;
@@ -171,19 +172,19 @@ static void matmul_backward(void *p) {
   if (m->need_da) {
     float *da = tensor_grad(m->g, m->a);
     if (!m->ta)   /* dA[M,K] += dC[M,N] · op(B)ᵀ[N,K] */
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, m->tb ? CblasNoTrans : CblasTrans, M, K, N, 1.0f,
+      t5g_sgemm(0, m->tb ? 0 : 1, M, K, N, 1.0f,
                   dc, N, m->b->data, ldb, 1.0f, da, K);
     else          /* A is [K,M]: dA += op(B)[K,N] · dCᵀ[N,M] */
-      cblas_sgemm(CblasRowMajor, m->tb ? CblasTrans : CblasNoTrans, CblasTrans, K, M, N, 1.0f,
+      t5g_sgemm(m->tb ? 1 : 0, 1, K, M, N, 1.0f,
                   m->b->data, ldb, dc, N, 1.0f, da, M);
   }
   if (m->need_db) {
     float *db = tensor_grad(m->g, m->b);
     if (!m->tb)   /* dB[K,N] += op(A)ᵀ[K,M] · dC[M,N] */
-      cblas_sgemm(CblasRowMajor, m->ta ? CblasNoTrans : CblasTrans, CblasNoTrans, K, N, M, 1.0f,
+      t5g_sgemm(m->ta ? 0 : 1, 0, K, N, M, 1.0f,
                   m->a->data, lda, dc, N, 1.0f, db, N);
     else          /* B is [N,K]: dB += dCᵀ[N,M] · op(A)[M,K] */
-      cblas_sgemm(CblasRowMajor, CblasTrans, m->ta ? CblasTrans : CblasNoTrans, N, K, M, 1.0f,
+      t5g_sgemm(1, m->ta ? 1 : 0, N, K, M, 1.0f,
                   dc, N, m->a->data, lda, 1.0f, db, K);
   }
 }
@@ -198,8 +199,8 @@ Tensor *op_matmul(Graph *g, Tensor *a, int trans_a, Tensor *b, int trans_b) {
   int m = blas_dim(M), k = blas_dim(K), n = blas_dim(N);
   if (M > 0 && N > 0) {
     if (K == 0) memset(c->data, 0, (size_t)c->n * sizeof(float));
-    else cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                     trans_b ? CblasTrans : CblasNoTrans, m, n, k, 1.0f, a->data,
+    else t5g_sgemm(trans_a ? 1 : 0,
+                     trans_b ? 1 : 0, m, n, k, 1.0f, a->data,
                      blas_dim(a->shape[1]), b->data, blas_dim(b->shape[1]), 0.0f, c->data, n);
   }
   c->requires_grad = a->requires_grad || b->requires_grad;
