@@ -111,8 +111,10 @@ typedef struct LossStats {
  * normalizer: the number of target tokens of the whole (accumulated, all-rank) batch, so that
  * micro-batches and ranks add up to the mean over target tokens (issue 5).
  * row_nll (optional, [N]): per-row −log p(label) (0 for ignored rows), for scoring.
- * Backward recomputes each chunk's logits: dz = (softmax − onehot)·(1 − tanh²)/normalizer;
- * dh += dz E ; dE += dzᵀ h. */
+ * Gradients: dz = (softmax − onehot)·(1 − tanh²)·dL/normalizer ; dh += dz E ; dE += dzᵀ h.
+ * When recorded, the forward computes them for dL = 1 from each chunk's logits (no second
+ * logits product in backward) and keeps them (dh [rows, d], dE [V, d] in the arena); backward
+ * adds dL times them. */
 Tensor *op_softcap_ce(Graph *g, Tensor *h, Tensor *E, const int32_t *labels, float cap,
                       float normalizer, float *row_nll, LossStats *stats);
 
