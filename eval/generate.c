@@ -177,9 +177,12 @@ void decode_free(DecodeState *s) {
 int decode_len(const DecodeState *s, int r) { return s->len[r]; }
 int decode_cache_slots(const DecodeState *s, int layer) { return s->R[layer]; }
 
-/* y[n, out] = x[n, in] · Wᵀ, W [out, in] (PyTorch layout). OpenBLAS threads (outside OpenMP). */
-static void linear(const float *x, int n, int in, const Tensor *W, int out, float *y) {
+/* y[n, out] = x[n, in] · Wᵀ, W [out, in] (PyTorch layout). OpenBLAS threads (outside OpenMP).
+ * bf16 weights (model/weights_bf16.h): a materialised layer (W->data set) runs the same sgemm;
+ * otherwise the few rows of a decoding step are multiplied straight from the bf16 storage. */
+static void linear(const StackParams *sp, const float *x, int n, int in, const Tensor *W, int out, float *y) {
   T5G_ASSERT(W->shape[0] == out && W->shape[1] == in);
+  if (sp->bf16 && !W->data) { wbf16_matmul_rows(sp, W, x, n, y, out); return; }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, W->data, in, 0.0f, y, out);
 }
 
@@ -345,8 +348,8 @@ int decode_encode(DecodeState *s, const int32_t *const *prompts, const int *lens
     s->xv[l] = falloc((size_t)n_src * Te * s->kd);
     const LayerParams *LP = &s->sp->layers[l];
     if (s->sp->bf16) wbf16_layer(s->sp, LP);   /* bf16 weights: this layer's matrices in f32 */
-    linear(enc->data, n_src * Te, de, LP->xk, s->kd, s->xk[l]);
-    linear(enc->data, n_src * Te, de, LP->xv, s->kd, s->xv[l]);
+    linear(s->sp, enc->data, n_src * Te, de, LP->xk, s->kd, s->xk[l]);
+    linear(s->sp, enc->data, n_src * Te, de, LP->xv, s->kd, s->xv[l]);
   }
   free(s->xmask);
   s->xmask = mask;
@@ -391,12 +394,14 @@ void decode_forward(DecodeState *s, int n, const int *rows, const int32_t *ids, 
 
   for (int l = 0; l < s->L; l++) {
     const LayerParams *LP = &sp->layers[l];
-    if (sp->bf16) wbf16_layer(sp, LP);   /* bf16 weights: this layer's matrices in f32 */
+    /* bf16 weights: materialise this layer's matrices in f32 for many rows (prefill); a few rows
+     * (decoding steps) are multiplied straight from the bf16 storage (see linear) */
+    if (sp->bf16 && n > WBF16_FUSED_MAX_ROWS) wbf16_layer(sp, LP);
     /* self-attention sub-block */
     rmsnorm(s->x, n, d, LP->ln_pre_attn->data, s->eps, s->a);
-    linear(s->a, n, d, LP->q, qd, s->q);
-    linear(s->a, n, d, LP->k, kd, s->k);
-    linear(s->a, n, d, LP->v, kd, s->v);
+    linear(sp, s->a, n, d, LP->q, qd, s->q);
+    linear(sp, s->a, n, d, LP->k, kd, s->k);
+    linear(sp, s->a, n, d, LP->v, kd, s->v);
     rope(s->q, n, s->H, s->hd, s->pos, s->inv_freq);
     rope(s->k, n, s->K, s->hd, s->pos, s->inv_freq);
     const int R = s->R[l];
@@ -406,29 +411,29 @@ void decode_forward(DecodeState *s, int n, const int *rows, const int32_t *ids, 
       memcpy(s->vc[l] + off, s->v + (size_t)i * kd, (size_t)kd * sizeof(float));
     }
     self_attention_cached(s, l, n, rows);
-    linear(s->o, n, qd, LP->o, d, s->t);
+    linear(sp, s->o, n, qd, LP->o, d, s->t);
     rmsnorm(s->t, n, d, LP->ln_post_attn->data, s->eps, s->t);
     add_into(s->x, s->t, (size_t)n * d);
     /* cross-attention sub-block (T5Gemma decoder, spec 2.3) */
     if (s->has_cross) {
       rmsnorm(s->x, n, d, LP->ln_pre_cross->data, s->eps, s->a);
-      linear(s->a, n, d, LP->xq, qd, s->q);
+      linear(sp, s->a, n, d, LP->xq, qd, s->q);
       cross_attention_cached(s, l, n, rows);
-      linear(s->o, n, qd, LP->xo, d, s->t);
+      linear(sp, s->o, n, qd, LP->xo, d, s->t);
       rmsnorm(s->t, n, d, LP->ln_post_cross->data, s->eps, s->t);
       add_into(s->x, s->t, (size_t)n * d);
     }
     /* GeGLU MLP (spec 1.4) */
     rmsnorm(s->x, n, d, LP->ln_pre_ffw->data, s->eps, s->a);
-    linear(s->a, n, d, LP->gate, F, s->gt);
-    linear(s->a, n, d, LP->up, F, s->up);
+    linear(sp, s->a, n, d, LP->gate, F, s->gt);
+    linear(sp, s->a, n, d, LP->up, F, s->up);
 #pragma omp parallel for schedule(static) if ((size_t)n * F * 8 >= PAR_MIN)
     for (size_t i = 0; i < (size_t)n * F; i++) {
       float z = s->gt[i];
       float u = 0.7978845608028654f * (z + 0.044715f * z * z * z);
       s->gt[i] = 0.5f * z * (1.0f + tanhf(u)) * s->up[i];
     }
-    linear(s->gt, n, F, LP->down, d, s->t);
+    linear(sp, s->gt, n, F, LP->down, d, s->t);
     rmsnorm(s->t, n, d, LP->ln_post_ffw->data, s->eps, s->t);
     add_into(s->x, s->t, (size_t)n * d);
   }

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define PAR_MIN 65536   /* elements below which a conversion loop stays on one thread */
 #define IGNORE_INDEX (-100)
@@ -28,6 +29,7 @@ struct WeightsBf16 {
   float *head;              /* [head_threads][head_rows * d_max] LM-head blocks */
   int head_threads;
   int64_t head_rows, d_max;
+  int head_forced;          /* wbf16_set_head_rows was called with rows > 0: always blocks */
 };
 
 /* ---- conversions ---------------------------------------------------------------------------- */
@@ -43,6 +45,18 @@ static void bf16_to_f32(const uint16_t *restrict src, float *restrict dst, int64
   uint32_t *restrict d32 = (uint32_t *)dst;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN && !omp_in_parallel())
   for (int64_t i = 0; i < n; i++) d32[i] = (uint32_t)src[i] << 16;
+}
+
+/* Weight buffers: 2 MiB aligned and advised for transparent huge pages (THP "madvise" mode, the
+ * Debian default), so that where the kernel can provide huge pages, filling gigabytes costs
+ * thousands of page faults instead of millions. Freed with free(). */
+static void *big_alloc(size_t bytes) {
+  const size_t huge = (size_t)2 << 20;
+  void *p = NULL;
+  size_t r = (bytes + huge - 1) / huge * huge;
+  if (posix_memalign(&p, huge, r ? r : huge) != 0) t5g_fatal("out of memory allocating %zu bytes of weights", bytes);
+  if (r >= huge) madvise(p, r, MADV_HUGEPAGE);   /* advisory */
+  return p;
 }
 
 static inline const ParamEntry *entry_of(const Tensor *t) {
@@ -105,7 +119,7 @@ static void attach(Model *m) {
   w->e = ps->e;
   w->n_entries = ps->n;
   w->n_total = ps->n_total;
-  w->w = t5g_alloc_aligned((size_t)(ps->n_total ? ps->n_total : 1) * sizeof(uint16_t));
+  w->w = big_alloc((size_t)ps->n_total * sizeof(uint16_t));
   int64_t nn = 0;
   for (int i = 0; i < ps->n; i++) if (ps->e[i].t.ndim == 1) nn += al16(ps->e[i].t.n);
   w->norms = t5g_alloc_aligned((size_t)(nn ? nn : 1) * sizeof(float));
@@ -152,8 +166,9 @@ void wbf16_free(WeightsBf16 *w) {
 
 void wbf16_set_head_rows(Model *m, int64_t rows) {
   WeightsBf16 *w = m->dec.bf16;
-  T5G_ASSERT(w && rows >= 1);
-  w->head_rows = rows;
+  T5G_ASSERT(w && rows >= 0);
+  w->head_rows = rows > 0 ? rows : head_rows_for(w->d_max);
+  w->head_forced = rows > 0;
   free(w->head);
   w->head = NULL;
   w->head_threads = 0;
@@ -230,8 +245,12 @@ int model_load_weights(Model *m, const char *dir, WeightsMode mode) {
   if (mode == WEIGHTS_BF16) { model_resolve(m); attach(m); }
   else {
     ParamStore *ps = &m->ps;
-    ps->data = t5g_alloc_aligned((size_t)(ps->n_total ? ps->n_total : 1) * sizeof(float));
-    memset(ps->data, 0, (size_t)ps->n_total * sizeof(float));   /* the alignment padding */
+    ps->data = big_alloc((size_t)ps->n_total * sizeof(float));
+    for (int i = 0; i < ps->n; i++) {   /* zero the alignment padding only: the load writes the rest */
+      const ParamEntry *e = &ps->e[i];
+      int64_t end = i + 1 < ps->n ? ps->e[i + 1].offset : ps->n_total;
+      memset(ps->data + e->offset + e->t.n, 0, (size_t)(end - e->offset - e->t.n) * sizeof(float));
+    }
     ps->grad = NULL;
     ps->finalized = 1;
     for (int i = 0; i < ps->n; i++) {
@@ -347,6 +366,31 @@ Tensor *wbf16_embedding(Graph *g, const StackParams *sp, const int32_t *ids, int
   return y;
 }
 
+/* y[r * ldy + j] = Σ_k x[r * in + k] · f32(W[j * in + k]) for r < n, j < out: the bf16 rows are
+ * read once and converted in registers (OpenMP over output rows; the reduction over k runs in
+ * SIMD lanes). */
+static void fused_rows(const uint16_t *W, int64_t out, int64_t in, const float *x, int64_t n, float *y, int64_t ldy) {
+#pragma omp parallel for schedule(static) if (out * in >= PAR_MIN)
+  for (int64_t j = 0; j < out; j++) {
+    const uint16_t *restrict w = W + j * in;
+    for (int64_t r = 0; r < n; r++) {
+      const float *restrict xr = x + r * in;
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t k = 0; k < in; k++) acc += xr[k] * bf16f(w[k]);
+      y[r * ldy + j] = acc;
+    }
+  }
+}
+
+void wbf16_matmul_rows(const StackParams *sp, const Tensor *W, const float *x, int64_t n, float *y, int64_t ldy) {
+  const WeightsBf16 *w = sp->bf16;
+  T5G_ASSERT(w && W->ndim == 2 && ldy >= W->shape[0]);
+  const ParamEntry *e = entry_of(W);
+  T5G_ASSERT(e >= w->e && e < w->e + w->n_entries);
+  if (n > 0) fused_rows(w->w + e->offset, W->shape[0], W->shape[1], x, n, y, ldy);
+}
+
 void wbf16_logits(const StackParams *sp, const float *h, int64_t N, float *out, int64_t ldo) {
   WeightsBf16 *w = sp->bf16;
   T5G_ASSERT(w && sp->embed->ndim == 2);
@@ -354,6 +398,10 @@ void wbf16_logits(const StackParams *sp, const float *h, int64_t N, float *out, 
   T5G_ASSERT(ldo >= V && d <= w->d_max);
   if (N <= 0) return;
   const uint16_t *E = w->w + entry_of(sp->embed)->offset;
+  if (N <= WBF16_FUSED_MAX_ROWS && !w->head_forced) {   /* decoding steps */
+    fused_rows(E, V, d, h, N, out, ldo);
+    return;
+  }
   const int64_t VB = w->head_rows, nb = (V + VB - 1) / VB;
   int nth = omp_get_max_threads();
   if (!w->head || w->head_threads < nth) {

@@ -145,6 +145,20 @@ TEST(layer_matrices_exist_only_while_materialised) {
   CHECK(h.enc.layers[3].up->data != NULL);
   CHECK(memcmp(h.enc.layers[3].up->data, f.enc.layers[3].up->data, sizeof(float) * f.enc.layers[3].up->n) == 0);
   /* embedding rows and logits */
+  /* the fused product of few rows, directly from the bf16 storage (layer 2 is not materialised) */
+  {
+    float x[3 * 128], y2[3 * 64];
+    for (int i = 0; i < 3 * 128; i++) x[i] = 0.01f * (float)((i * 37) % 101) - 0.5f;
+    const Tensor *W = h.dec.layers[2].down, *R = f.dec.layers[2].down;   /* [64, 128] */
+    CHECK(W->data == NULL);
+    wbf16_matmul_rows(&h.dec, W, x, 3, y2, 64);
+    for (int r = 0; r < 3; r++)
+      for (int j = 0; j < 64; j++) {
+        double ref = 0;
+        for (int k = 0; k < 128; k++) ref += (double)x[r * 128 + k] * R->data[j * 128 + k];
+        CHECK_CLOSE_REL(y2[r * 64 + j], ref, 1e-5, 1e-6);
+      }
+  }
   int32_t ids[4] = {0, 7, 511, 2};
   float *e = malloc(sizeof(float) * 4 * 64);
   wbf16_embed_rows(&h.dec, ids, 4, e);
@@ -152,8 +166,8 @@ TEST(layer_matrices_exist_only_while_materialised) {
     for (int j = 0; j < 64; j++) CHECK(e[i * 64 + j] == f.dec.embed->data[ids[i] * 64 + j] * f.dec.embed_scale);
   float *z1 = malloc(sizeof(float) * 4 * 512), *z2 = malloc(sizeof(float) * 4 * 512);
   lm_head_logits(&f, e, 4, z1);
-  const int64_t rows[] = {512, 100, 16, 1};
-  for (int k = 0; k < 4; k++) {
+  const int64_t rows[] = {512, 100, 16, 1, 0};   /* 0: the default, fused for 4 rows */
+  for (int k = 0; k < 5; k++) {
     wbf16_set_head_rows(&h, rows[k]);
     memset(z2, 0, sizeof(float) * 4 * 512);
     lm_head_logits(&h, e, 4, z2);
