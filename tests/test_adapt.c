@@ -4,6 +4,7 @@
 #include "model/adapt.h"
 #include "model/hf_io.h"
 #include "model/model.h"
+#include "model/weights_bf16.h"
 #include <unistd.h>
 
 static int make_src(const char *preset, int hidden, int layers, uint64_t seed, Model *m) {
@@ -17,23 +18,36 @@ static int make_src(const char *preset, int hidden, int layers, uint64_t seed, M
   return 0;
 }
 
-static int run_both(Model *a, Model *b, const AdaptOptions *ao, const char *dir, int *n_diff, int *warm, Model *t) {
+/* Sources written in dtype `dt`, output streamed in dtype `dt` into shards of at most `shard`
+ * bytes (0: one file); the in-memory reference is computed from the sources' stored values and
+ * rounded to `dt` like the writer rounds. *n_files (optional) gets the output's file count. */
+static int run_both_dt(Model *a, Model *b, const AdaptOptions *ao, const char *dir, int *n_diff, int *warm, Model *t,
+                       StDtype dt, int64_t shard, int *n_files) {
   ModelConfig ct;
   if (adapt_make_config(&a->cfg, &b->cfg, ao, &ct) != 0) return -1;
   AdaptRule *rules; int nr;
   if (adapt_plan(&ct, &a->cfg, &b->cfg, ao, &rules, &nr, warm) != 0) return -1;
   if (model_init(t, &ct) != 0) return -1;
+  if (dt == ST_BF16) { wbf16_round_params(&a->ps); wbf16_round_params(&b->ps); }   /* what the BF16 files hold */
   if (adapt_run_params(rules, nr, ao, &a->ps, &b->ps, &t->ps) != 0) return -1;
+  if (dt == ST_BF16) wbf16_round_params(&t->ps);   /* the writer rounds the random tensors */
   /* streamed: sources written to disk, adapted from the mapped files */
   char da[256], db[256];
   snprintf(da, sizeof da, "%s/a", dir); snprintf(db, sizeof db, "%s/b", dir);
-  HfSaveOptions so = {ST_F32, 0, 0};
+  HfSaveOptions so = {dt, 0, 0};
   if (hf_save(&a->ps, &a->cfg, da, &so) || hf_save(&b->ps, &b->cfg, db, &so)) return -1;
   StReader ra, rb;
   if (st_open(&ra, da) || st_open(&rb, db)) return -1;
   char dout[256]; snprintf(dout, sizeof dout, "%s/out", dir);
-  StWriter *w = st_writer_begin(dout, "model", ST_F32, 0);
+  StWriter *w = st_writer_begin(dout, "model", dt, shard);
   if (!w || adapt_stream(rules, nr, ao, &ra, &rb, w) != 0) return -1;
+  if (n_files) {
+    StReader ro;
+    if (st_open(&ro, dout) != 0) return -1;
+    *n_files = ro.n_files;
+    for (int i = 0; i < ro.n; i++) if (ro.t[i].dtype != dt) return t5g_error("%s: stored as %s", ro.t[i].name, st_dtype_name(ro.t[i].dtype));
+    st_close(&ro);
+  }
   st_close(&ra); st_close(&rb);
   Model s;
   if (model_init(&s, &ct) != 0 || hf_load_params(&s.ps, dout) != 0) return -1;
@@ -43,6 +57,10 @@ static int run_both(Model *a, Model *b, const AdaptOptions *ao, const char *dir,
   model_free(&s);
   free(rules);
   return 0;
+}
+
+static int run_both(Model *a, Model *b, const AdaptOptions *ao, const char *dir, int *n_diff, int *warm, Model *t) {
+  return run_both_dt(a, b, ao, dir, n_diff, warm, t, ST_F32, 0, NULL);
 }
 
 static float *P(Model *m, const char *name) { Tensor *t = params_get(&m->ps, name); return t ? t->data : NULL; }
@@ -108,6 +126,30 @@ TEST(unequal_random_cross_zero_norms_and_stream_equals_memory) {
   for (int i = 0; i < t.ps.n; i++) CHECK_EQ_INT(t.ps.e[i].frozen, 0);
   char cmd[300]; snprintf(cmd, sizeof cmd, "rm -rf %s", dir); CHECK(system(cmd) == 0);
   model_free(&t); model_free(&a); model_free(&b);
+}
+
+/* BF16 sources (as released checkpoints are) and BF16 output in several shards with an index:
+ * the streamed tensors are exactly the in-memory adaptation of the stored values, rounded to
+ * bf16 by the writer (copies are exact; the random cross-attention is rounded). */
+TEST(bf16_sharded_stream_equals_memory) {
+  for (int unequal = 0; unequal < 2; unequal++) {
+    Model a, b, t; int nd, warm, nf = 0;
+    CHECK(make_src("tiny-gemma2", unequal ? 96 : 0, unequal ? 6 : 0, 21, &a) == 0);
+    CHECK(make_src("tiny-gemma2", 0, 0, 22, &b) == 0);
+    char dir[] = "/tmp/t5g_adapt_XXXXXX"; CHECK(mkdtemp(dir) != NULL);
+    AdaptOptions ao; adapt_options_default(&ao);
+    CHECK_MSG(run_both_dt(&a, unequal ? &b : &a, &ao, dir, &nd, &warm, &t, ST_BF16, 40000, &nf) == 0, "%s", t5g_last_error());
+    CHECK_EQ_INT(nd, 0);
+    CHECK_EQ_INT(warm, unequal);
+    CHECK_MSG(nf >= 4, "%d output files", nf);   /* ~0.5 MB of BF16 tensors in shards of 40 kB */
+    char idx[300]; snprintf(idx, sizeof idx, "%s/out/model.safetensors.index.json", dir);
+    CHECK(t5g_file_exists(idx));
+    /* a copied tensor holds the source's bf16 values exactly */
+    CHECK(memcmp(P(&t, "model.decoder.layers.1.mlp.up_proj.weight"), P(unequal ? &b : &a, "model.layers.1.mlp.up_proj.weight"),
+                 N(&t, "model.decoder.layers.1.mlp.up_proj.weight") * 4) == 0);
+    char cmd[300]; snprintf(cmd, sizeof cmd, "rm -rf %s", dir); CHECK(system(cmd) == 0);
+    model_free(&t); model_free(&a); model_free(&b);
+  }
 }
 
 TEST(refuses_mismatched_sources) {
