@@ -397,9 +397,10 @@ if train teacher model=g2.json objective=causal data=copy seq_len=20 batch_size=
   l0=$(h get "$W/teacher_run" loss first); l1=$(h get "$W/teacher_run" loss last)
   if lt "$l1" "$(awk -v a="$l0" 'BEGIN{print a*0.6}')"; then pass "learn_causal"; else fail "learn_causal" "loss $l0 -> $l1"; fi
   # issue 5's "done when": an encoder-decoder adapted from this decoder-only checkpoint learns the
-  # copy task with PrefixLM (it starts at ~3.0 instead of ~4.2 and reaches ~0.002)
+  # copy task with PrefixLM (it starts at ~3.0 instead of ~4.2). 600 steps: when the loss drops
+  # depends on float rounding (reaching 0.002 took 400 steps with one build, 600 with another)
   if ! "$BIN" adapt --from "$W/teacher_run/hf" --out "$W/adapted" >"$W/adapt.out" 2>&1; then fail "learn_adapted_prefixlm_copy" "adapt failed: $(tailmsg adapt)"
-  elif ! train adapted copy.json init=adapted model= run_dir=adapted_run; then fail "learn_adapted_prefixlm_copy" "train failed: $(tailmsg adapted)"
+  elif ! train adapted copy.json init=adapted model= run_dir=adapted_run steps=600; then fail "learn_adapted_prefixlm_copy" "train failed: $(tailmsg adapted)"
   else
     vl=$(h get "$W/adapted_run" val_loss last)
     if lt "$vl" 0.05; then pass "learn_adapted_prefixlm_copy"; else fail "learn_adapted_prefixlm_copy" "validation loss $vl, expected < 0.05"; fi
