@@ -287,8 +287,8 @@ int model_load_infer(Model *m, const char *dir, WeightsMode mode, const InferPla
   int64_t avail = t5g_mem_available();
   const char *why = "";
   WeightsMode use = mode;
-  if (mode == WEIGHTS_AUTO) {
-    use = (avail <= 0 || f.total <= avail) ? WEIGHTS_F32 : WEIGHTS_BF16;
+  if (mode == WEIGHTS_AUTO) {   /* f32 only with a 10% margin: the estimate is approximate */
+    use = (avail <= 0 || f.total <= avail - avail / 10) ? WEIGHTS_F32 : WEIGHTS_BF16;
     why = use == WEIGHTS_F32 ? " (auto: the f32 model fits)" : " (auto: the f32 model would not fit)";
   }
   MemEstimate need = use == WEIGHTS_BF16 ? b : f;

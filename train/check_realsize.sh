@@ -12,7 +12,8 @@
 #                       streamed from the mapped source shards; compared with the time to read the
 #                       source bytes and write the output bytes (measured on this disk)
 # 3. score              4 text pairs with the 2B-2B model, weights chosen by --weights auto (the f32
-#                       model needs 22.4 GB for its weights alone: auto must choose bf16)
+#                       model needs 22.4 GB for its weights alone: auto must choose bf16); and
+#                       --weights f32, which must refuse at once with the memory message
 # 4. generate           2 prompts x a few greedy tokens with the 2B-2B model, bf16 weights
 # 5. (optional) 9B      a random gemma-2-9b (9.24B parameters, 18.5 GB BF16), then adapt
 #                       9B (encoder) + 2B (decoder) -> 9B-2B (12.3B parameters, 24.5 GB): run when
@@ -164,6 +165,21 @@ EOF
     row "score 4 pairs (2B-2B)" "--weights auto -> bf16; load ${load} s" "$SEC" "$RSS_KB" "predicted $pred_score"
   fi
   "$T5G" info --no-measure t5gemma-2b-2b --batch 2 --enc-len 16 --new-tokens "$NEW" >"$LOG/info_2b2b_gen.txt" 2>&1
+  # f32 weights (22.4 GB) do not fit: the command must refuse at once, before loading anything
+  # (only tried when the prediction exceeds the available memory: never load 22 GB by accident)
+  f32_need=$(awk '/score \/ eval, f32 weights/ { print $6 * 1e9 }' "$LOG/info_2b2b.txt")
+  avail=$(awk '/MemAvailable/ { print $2 * 1024 }' /proc/meminfo)
+  rc=0; t0=$(date +%s.%N)
+  if awk -v n="$f32_need" -v a="$avail" 'BEGIN { exit !(n > a) }'; then
+    "$T5G" score --model "$WORK/t2b2b" --input "$WORK/pairs.jsonl" --weights f32 >"$LOG/score_f32.out" 2>"$LOG/score_f32.err"
+    rc=$?
+  fi
+  t1=$(date +%s.%N)
+  if [ $rc = 0 ]; then note "score --weights f32 not tried: $(gb "$avail") available, the f32 model needs $(gb "$f32_need")"
+  elif [ $rc = 1 ] && grep -q "needs about" "$LOG/score_f32.err"; then
+    row "score --weights f32 (2B-2B)" "refused: $(sed -n 's/.*with f32 weights (\([^)]*\)) needs about \([^ ]* [^ ]*\) of memory.* but only \([^ ]* [^ ]*\) is available.*/\1, needs \2, \3 available/p' "$LOG/score_f32.err")" \
+      "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" 0 "before allocating"
+  else bad "score --weights f32 did not refuse (exit $rc): $(tail -n 2 "$LOG/score_f32.err")"; fi
   pred_gen=$(awk '/generate \([0-9]+ new tokens\), bf16/ { print $6 " " $7 }' "$LOG/info_2b2b_gen.txt")
   if run "generate 2 x $NEW tokens (2B-2B)" "$LOG/generate" "$T5G" generate --model "$WORK/t2b2b" --weights bf16 --json \
        --prompt "The capital of France is" --prompt "Once upon a time" --max-new-tokens "$NEW" --batch-size 2; then
