@@ -14,7 +14,7 @@
  *   gemma2-s   Gemma 2 decoder-only of S size (configs/models/gemma2-s.json), causal, 1 x 1024.
  *              A training step = forward + loss + backward (model_loss, graph_backward) + global
  *              gradient clipping to 1.0 + AdamW (optim/adamw.h defaults) + zeroing the gradients,
- *              on a random unpadded batch and random weights (model_init_random). Reported:
+ *              on a random unpadded batch and random normal(0, 0.02) weights. Reported:
  *              step time (mean of the timed steps, and the minimum), tokens/s (encoder + decoder
  *              tokens, as tests/ref/t5gemma_ref.py bench counts them), MFU = 3 ·
  *              config_flops_per_example · B / step time / ceiling, where the ceiling is the best
@@ -25,7 +25,8 @@
  *              memory_train()'s prediction (model/memory.h) for comparison. The model's config
  *              is written to DIR/NAME.config.json so the PyTorch twin runs the same model.
  *   prepare    `t5gemma data prepare` on text files (--text FILES..., --tokenizer PATH): MB of
- *              text per second, tokens per second; the dataset stays in DIR/prepare-data.
+ *              text per second and tokens per second, not counting the tokenizer's load time
+ *              (measured apart and reported); the dataset stays in DIR/prepare-data.
  *   reader     the shard reader + PrefixLM objective over DIR/prepare-data: batches of 8 x
  *              (512 + 512) for ~3 s, tokens/s decompressed and batched.
  *   generate   cached greedy generation (eval/generate.h) with the S-S preset (random weights,
@@ -41,6 +42,7 @@
 #include "data/tokenizer.h"
 #include "eval/generate.h"
 #include "model/config.h"
+#include "model/gemm.h"
 #include "model/memory.h"
 #include "model/model.h"
 #include "model/runtime.h"
@@ -55,6 +57,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -88,7 +91,7 @@ static int write_json(const BenchOpts *o, const char *name, cJSON *root) {
   return rc;
 }
 
-__attribute__((unused)) static cJSON *read_json(const char *dir, const char *name) {
+static cJSON *read_json(const char *dir, const char *name) {
   char *path = t5g_path_join(dir, name);
   char *text = t5g_file_exists(path) ? t5g_read_file(path, NULL) : NULL;
   cJSON *j = text ? cJSON_Parse(text) : NULL;
@@ -98,7 +101,7 @@ __attribute__((unused)) static cJSON *read_json(const char *dir, const char *nam
   return j;
 }
 
-__attribute__((unused)) static double jnum(const cJSON *o, const char *key) {
+static double jnum(const cJSON *o, const char *key) {
   const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
   return cJSON_IsNumber(v) ? v->valuedouble : NAN;
 }
@@ -111,7 +114,16 @@ static void add_machine(cJSON *root) {
   if (getloadavg(la, 3) == 3) cJSON_AddNumberToObject(root, "loadavg_1min", la[0]);
 }
 
+/* CPU seconds (user + system, all threads) this process has used so far. */
+static double cpu_seconds(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
 /* ---- sgemm rates -------------------------------------------------------------------------- */
+
+static int nt_all(void) { return t5g_threads(); }
 
 typedef struct Shape {
   const char *what;
@@ -120,9 +132,13 @@ typedef struct Shape {
   int per_thread;           /* 1: one single-threaded sgemm per OpenMP thread (attention) */
 } Shape;
 
-/* Best-of-reps GFLOP/s of C[m,n] = op(A)·op(B). Inputs are filled with small values; one
- * untimed call first (OpenBLAS buffers, page faults). reps adapts so a shape takes ~0.3 s. */
-static double sgemm_rate(const Shape *s) {
+/* Best-of-reps GFLOP/s of C[m,n] = op(A)·op(B) by wall time, and (*cpu_rate) by CPU time: flops
+ * per CPU-second of all threads (summed over the timed reps of the engine's path, since the CPU
+ * time of threads running elsewhere is only accounted at scheduler ticks), times the thread
+ * count. On a machine shared with other jobs the CPU rate moves much less than the wall rate.
+ * Inputs are filled with small values; one untimed call first (OpenBLAS buffers, page faults);
+ * short shapes repeat for ~0.3 s. */
+static double sgemm_rate(const Shape *s, double *cpu_rate) {
   const int nt = s->per_thread ? t5g_threads() : 1;
   size_t na = (size_t)s->m * s->k, nb = (size_t)s->k * s->n, nc = (size_t)s->m * s->n;
   float *a = t5g_alloc_aligned(na * 4 * nt), *b = t5g_alloc_aligned(nb * 4 * nt), *c = t5g_alloc_aligned(nc * 4 * nt);
@@ -131,34 +147,43 @@ static double sgemm_rate(const Shape *s) {
   memset(c, 0, nc * 4 * nt);
   const int lda = s->ta ? s->m : s->k, ldb = s->tb ? s->k : s->n;
   const double flops = 2.0 * s->m * s->n * s->k * nt;
-  double best = 1e30;
-  for (int rep = 0, reps = 3; rep < reps + 1; rep++) {
-    double t0 = t5g_now();
-    if (s->per_thread) {
-      t5g_blas_single();
+  double best = 1e30, sum_cpu = 0, sum_flops = 0;
+  /* variant 0: one cblas_sgemm on OpenBLAS's threads; 1: t5g_sgemm (model/gemm.h, the engine's
+   * path: pieces on the OpenMP threads). The best of both is the ceiling. */
+  for (int variant = 0; variant < (s->per_thread ? 1 : 2); variant++) {
+    for (int rep = 0, reps = 3; rep < reps + 1; rep++) {
+      double t0 = t5g_now(), c0 = cpu_seconds();
+      if (s->per_thread) {
+        t5g_blas_single();
 #pragma omp parallel num_threads(nt)
-      {
-        int t = omp_get_thread_num();
-        for (int r = 0; r < 8; r++)
-          cblas_sgemm(CblasRowMajor, s->ta ? CblasTrans : CblasNoTrans, s->tb ? CblasTrans : CblasNoTrans, s->m, s->n,
-                      s->k, 1.0f, a + na * t, lda, b + nb * t, ldb, 0.0f, c + nc * t, s->n);
+        {
+          int t = omp_get_thread_num();
+          for (int r = 0; r < 8; r++)
+            cblas_sgemm(CblasRowMajor, s->ta ? CblasTrans : CblasNoTrans, s->tb ? CblasTrans : CblasNoTrans, s->m, s->n,
+                        s->k, 1.0f, a + na * t, lda, b + nb * t, ldb, 0.0f, c + nc * t, s->n);
+        }
+        t5g_blas_restore();
+      } else if (variant == 0) {
+        cblas_sgemm(CblasRowMajor, s->ta ? CblasTrans : CblasNoTrans, s->tb ? CblasTrans : CblasNoTrans, s->m, s->n, s->k,
+                    1.0f, a, lda, b, ldb, 0.0f, c, s->n);
+      } else {
+        t5g_sgemm(s->ta, s->tb, s->m, s->n, s->k, 1.0f, a, lda, b, ldb, 0.0f, c, s->n);
       }
-      t5g_blas_restore();
-    } else {
-      cblas_sgemm(CblasRowMajor, s->ta ? CblasTrans : CblasNoTrans, s->tb ? CblasTrans : CblasNoTrans, s->m, s->n, s->k,
-                  1.0f, a, lda, b, ldb, 0.0f, c, s->n);
+      double dt = (t5g_now() - t0) / (s->per_thread ? 8 : 1), dc = (cpu_seconds() - c0) / (s->per_thread ? 8 : 1);
+      if (rep > 0 && dt < best) best = dt;
+      if (rep > 0 && variant == (s->per_thread ? 0 : 1)) { sum_cpu += dc; sum_flops += flops; }
+      if (rep == 0 && dt < 0.05) reps = (int)(0.3 / (dt > 1e-4 ? dt : 1e-4)) + 3;
     }
-    double dt = (t5g_now() - t0) / (s->per_thread ? 8 : 1);
-    if (rep > 0 && dt < best) best = dt;
-    if (rep == 0 && dt < 0.02) reps = 10;
   }
   free(a); free(b); free(c);
+  /* per CPU-second, scaled to the thread count: comparable with the wall rate on an idle machine */
+  if (cpu_rate) *cpu_rate = sum_cpu > 0 ? sum_flops / sum_cpu / 1e9 * nt_all() : NAN;
   return flops / best / 1e9;
 }
 
-/* Rows per loss chunk as model/ops_loss.c picks them (about 2^25 / V, in [16, 256]). */
+/* Rows per loss chunk as model/ops_loss.c picks them (about 2^26 / V, in [16, 256]). */
 static int loss_chunk(int V) {
-  int ch = (int)(((int64_t)1 << 25) / V);
+  int ch = (int)(((int64_t)1 << 26) / V);
   return ch > 256 ? 256 : ch < 16 ? 16 : ch;
 }
 
@@ -199,13 +224,14 @@ static int bench_sgemm(const BenchOpts *o) {
   cJSON *arr = cJSON_AddArrayToObject(root, "shapes");
   double best = 0;
   for (int i = 0; i < n; i++) {
-    double r = sgemm_rate(&sh[i]);
+    double rc, r = sgemm_rate(&sh[i], &rc);
     if (r > best) best = r;
-    printf("  %-58s %8.1f GFLOP/s\n", sh[i].what, r);
+    printf("  %-58s %8.1f GFLOP/s (%.1f per CPU time)\n", sh[i].what, r, rc);
     fflush(stdout);
     cJSON *e = cJSON_CreateObject();
     cJSON_AddStringToObject(e, "shape", sh[i].what);
     cJSON_AddNumberToObject(e, "gflops", r);
+    cJSON_AddNumberToObject(e, "gflops_cpu", rc);
     cJSON_AddItemToArray(arr, e);
   }
   cJSON_AddNumberToObject(root, "best_gflops", best);
@@ -249,6 +275,25 @@ static void random_batch(Batch *b, const ModelConfig *c, int B, int Te, int Td, 
   batch_count_targets(b);
 }
 
+/* Random weights like model_init_random (normal(0, std) matrices, zero norms) but filled in
+ * parallel blocks with their own generators (model_init_random is serial: ~10 s for S-S). */
+static void init_random_parallel(Model *m, uint64_t seed) {
+  for (int i = 0; i < m->ps.n; i++) {
+    ParamEntry *e = &m->ps.e[i];
+    const float std = model_init_std(m, e);
+    float *x = e->t.data;
+    const int64_t n = e->t.n, blk = 1 << 16, nb = (n + blk - 1) / blk;
+    if (std == 0) { memset(x, 0, (size_t)n * sizeof(float)); continue; }
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+      Rng r;
+      rng_seed(&r, seed ^ splitmix64(((uint64_t)i << 40) + (uint64_t)b));
+      const int64_t e1 = (b + 1) * blk < n ? (b + 1) * blk : n;
+      for (int64_t j = b * blk; j < e1; j++) x[j] = (float)(std * rng_normal(&r));
+    }
+  }
+}
+
 static int bench_train(const BenchOpts *o, const TrainCase *tc) {
   ModelConfig c;
   if (config_resolve(tc->preset, &c) != 0) return -1;
@@ -267,12 +312,16 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
   Shape sh[8];
   char names[8][96];
   int nsh = model_shapes(&c, B * (Te > Td ? Te : Td), tc->name, sh, names);
-  double ceiling = 0;
-  for (int i = 0; i < nsh; i++) { double r = sgemm_rate(&sh[i]); if (r > ceiling) ceiling = r; }
+  double ceiling = 0, ceiling_cpu = 0;
+  for (int i = 0; i < nsh; i++) {
+    double rc, r = sgemm_rate(&sh[i], &rc);
+    if (r > ceiling) ceiling = r;
+    if (rc > ceiling_cpu) ceiling_cpu = rc;
+  }
 
   Model m;
   if (model_init(&m, &c) != 0) return -1;
-  model_init_random(&m, o->seed);
+  init_random_parallel(&m, o->seed);
   m.recompute = o->recompute;
   AdamWConfig ac;
   adamw_config_default(&ac);
@@ -288,14 +337,14 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
 
   const double flops = 3.0 * config_flops_per_example(&c, Te, Td) * B;
   const int64_t tokens = (int64_t)B * (Te + Td);
-  double sum_t = 0, min_t = 1e30, prof[OPK_COUNT] = {0}, sum_fb = 0, sum_opt = 0;
+  double sum_t = 0, min_t = 1e30, prof[OPK_COUNT] = {0}, sum_fb = 0, sum_opt = 0, sum_cpu = 0;
   float loss_v = 0;
   printf("%s: %.1f M parameters, %lld tokens per step, %.1f GFLOP per step, ceiling %.1f GFLOP/s\n", tc->name,
          m.ps.n_total / 1e6, (long long)tokens, flops / 1e9, ceiling);
   fflush(stdout);
   for (int it = 0; it < o->warmup + o->steps; it++) {
     memset(g.prof_sec, 0, sizeof g.prof_sec);
-    double t0 = t5g_now();
+    double t0 = t5g_now(), c0 = cpu_seconds();
     graph_reset(&g);
     LossStats st;
     Tensor *loss = model_loss(&m, &g, &b, (float)b.n_targets, &st, NULL, NULL);
@@ -306,14 +355,14 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
     adamw_clip_grad_norm(&m.ps, ac.max_grad_norm, &nonfinite);
     if (!nonfinite) adamw_step(&opt, &m.ps, 1e-4);
     params_zero_grad(&m.ps);
-    double t2 = t5g_now();
+    double t2 = t5g_now(), dcpu = cpu_seconds() - c0;
     g.prof_sec[OPK_OPTIMIZER] += t2 - t1;
     double dt = t2 - t0;
     printf("  %s step %d%s: %.3f s (forward+backward %.3f s, optimizer %.3f s), loss %.4f\n", tc->name, it + 1,
            it < o->warmup ? " (warm-up)" : "", dt, t1 - t0, t2 - t1, loss_v);
     fflush(stdout);
     if (it < o->warmup) continue;
-    sum_t += dt; sum_fb += t1 - t0; sum_opt += t2 - t1;
+    sum_t += dt; sum_fb += t1 - t0; sum_opt += t2 - t1; sum_cpu += dcpu;
     if (dt < min_t) min_t = dt;
     for (int k = 0; k < OPK_COUNT; k++) prof[k] += g.prof_sec[k];
   }
@@ -346,6 +395,13 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
   cJSON_AddNumberToObject(root, "gflops_per_s", flops / step_s / 1e9);
   cJSON_AddNumberToObject(root, "ceiling_gflops", ceiling);
   cJSON_AddNumberToObject(root, "mfu", flops / step_s / 1e9 / ceiling);
+  /* the same by CPU time: flops per CPU-second of the step against sgemm's flops per CPU-second
+   * (both scaled to the thread count); robust when other jobs share the cores */
+  const double cpu_s = sum_cpu / ns;
+  cJSON_AddNumberToObject(root, "cpu_s", cpu_s);
+  cJSON_AddNumberToObject(root, "cpu_share", cpu_s / step_s / t5g_threads());
+  cJSON_AddNumberToObject(root, "ceiling_gflops_cpu", ceiling_cpu);
+  cJSON_AddNumberToObject(root, "mfu_cpu", flops / cpu_s * t5g_threads() / 1e9 / ceiling_cpu);
   cJSON_AddNumberToObject(root, "loss", loss_v);
   cJSON_AddNumberToObject(root, "peak_rss_mb", t5g_peak_rss() / 1048576.0);
   cJSON_AddNumberToObject(root, "arena_peak_mb", arena.peak / 1048576.0);
@@ -355,8 +411,10 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
   double in_ops = 0;
   for (int k = 0; k < OPK_COUNT; k++) { cJSON_AddNumberToObject(pj, op_kind_names[k], prof[k] / ns); in_ops += prof[k] / ns; }
   cJSON_AddNumberToObject(pj, "other", step_s - in_ops);
-  printf("%s: %.3f s/step, %.0f tokens/s, %.1f GFLOP/s = MFU %.1f%% of %.1f; peak RSS %.0f MiB (arena %.0f MiB, predicted %.0f MiB)\n",
+  printf("%s: %.3f s/step, %.0f tokens/s, %.1f GFLOP/s = MFU %.1f%% of %.1f (by CPU time %.1f%% of %.1f; %.0f%% of %d cores); "
+         "peak RSS %.0f MiB (arena %.0f MiB, predicted %.0f MiB)\n",
          tc->name, step_s, tokens / step_s, flops / step_s / 1e9, 100 * flops / step_s / 1e9 / ceiling, ceiling,
+         100 * flops / cpu_s * t5g_threads() / 1e9 / ceiling_cpu, ceiling_cpu, 100 * cpu_s / step_s / t5g_threads(), t5g_threads(),
          t5g_peak_rss() / 1048576.0, arena.peak / 1048576.0, pred.total / 1048576.0);
   printf("  split:");
   for (int k = 0; k < OPK_COUNT; k++) if (prof[k] > 0) printf(" %s %.3f", op_kind_names[k], prof[k] / ns);
@@ -370,6 +428,269 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
   arena_free(&arena);
   adamw_free(&opt);
   model_free(&m);
+  return rc;
+}
+
+/* ---- data: prepare and reader ------------------------------------------------------------ */
+
+static int bench_prepare(const BenchOpts *o) {
+  if (!o->tokenizer || o->n_text < 1) return t5g_error("bench prepare: needs --tokenizer PATH and --text FILES...");
+  int64_t bytes = 0;
+  for (int i = 0; i < o->n_text; i++) {
+    struct stat st;
+    if (stat(o->text[i], &st) != 0) return t5g_error("bench prepare: cannot read %s", o->text[i]);
+    bytes += st.st_size;
+  }
+  char *dir = t5g_path_join(o->out, "prepare-data");
+  int na = 0;
+  char **av = t5g_calloc((size_t)o->n_text + 16, sizeof(char *));
+  av[na++] = "data"; av[na++] = "prepare"; av[na++] = "--tokenizer"; av[na++] = (char *)o->tokenizer;
+  av[na++] = "--out"; av[na++] = dir; av[na++] = "--force";
+  for (int i = 0; i < o->n_text; i++) av[na++] = o->text[i];
+  if (!cmd_data) return t5g_error("bench prepare: `t5gemma data` is not built into this binary");
+  double tl = t5g_now();   /* the tokenizer's load time, a fixed cost per run, reported apart */
+  Tokenizer *tok = tokenizer_load(o->tokenizer);
+  if (!tok) { free(av); free(dir); return -1; }
+  tokenizer_free(tok);
+  const double load_s = t5g_now() - tl;
+  double t0 = t5g_now();
+  int rc = cmd_data(na, av);
+  double dt = t5g_now() - t0;
+  free(av);
+  if (rc != 0) { free(dir); return t5g_error("bench prepare: `t5gemma data prepare` failed (exit %d)", rc); }
+  DatasetIndex *ix = dataset_index_load(dir);
+  if (!ix) { free(dir); return -1; }
+  cJSON *root = cJSON_CreateObject();
+  add_machine(root);
+  cJSON_AddStringToObject(root, "tokenizer", o->tokenizer);
+  cJSON_AddNumberToObject(root, "files", o->n_text);
+  cJSON_AddNumberToObject(root, "text_mb", bytes / 1e6);
+  cJSON_AddNumberToObject(root, "documents", (double)ix->documents);
+  cJSON_AddNumberToObject(root, "tokens", (double)ix->tokens);
+  cJSON_AddNumberToObject(root, "compressed_mb", ix->compressed_bytes / 1e6);
+  cJSON_AddNumberToObject(root, "seconds", dt);
+  cJSON_AddNumberToObject(root, "tokenizer_load_s", load_s);
+  const double work = dt - load_s > 1e-3 ? dt - load_s : dt;
+  cJSON_AddNumberToObject(root, "mb_per_s", bytes / 1e6 / work);
+  cJSON_AddNumberToObject(root, "tokens_per_s", ix->tokens / work);
+  cJSON_AddNumberToObject(root, "mb_per_s_with_load", bytes / 1e6 / dt);
+  printf("prepare: %.1f MB of text -> %lld tokens (%lld documents) in %.2f s, of which %.2f s loading the tokenizer: "
+         "%.2f MB/s, %.0f tokens/s (%.2f MB/s with the load)\n", bytes / 1e6, (long long)ix->tokens, (long long)ix->documents,
+         dt, load_s, bytes / 1e6 / work, ix->tokens / work, bytes / 1e6 / dt);
+  dataset_index_free(ix);
+  free(dir);
+  rc = write_json(o, "prepare.json", root);
+  cJSON_Delete(root);
+  return rc;
+}
+
+/* Batches of 8 x (512 + 512) from the PrefixLM objective over the prepared dataset (shuffled
+ * reading, no prefetch thread: the cost of decompressing and batching itself) for ~3 s. */
+static int bench_reader(const BenchOpts *o) {
+  if (!o->tokenizer) return t5g_error("bench reader: needs --tokenizer PATH (the one the dataset was prepared with)");
+  char *dir = t5g_path_join(o->out, "prepare-data");
+  Tokenizer *tok = tokenizer_load(o->tokenizer);
+  if (!tok) { free(dir); return -1; }
+  ObjSpecials sp;
+  int32_t sent[OBJ_MAX_SENTINELS];
+  if (obj_specials_from_tokenizer(tok, NULL, sent, 0, &sp) < 0) { tokenizer_free(tok); free(dir); return -1; }
+  ShardReaderOpts ro = shard_reader_default_opts();
+  ro.seed = o->seed;
+  ShardReader *r = shard_reader_open(dir, "train", &ro);
+  if (!r) { tokenizer_free(tok); free(dir); return -1; }
+  const int B = 8, Te = 512, Td = 512;
+  PrefixLMOptions po = obj_prefixlm_defaults(Te, Td);
+  DocSeeker sk = obj_shard_seeker(r);
+  Objective *ob = obj_prefixlm_new(&po, &sp, shard_reader_source(r), &sk, o->seed);
+  if (!ob) { shard_reader_close(r); tokenizer_free(tok); free(dir); return -1; }
+  Batch b;
+  obj_batch_alloc(ob, &b, B);
+  int64_t tokens = 0, batches = 0;
+  double t0 = t5g_now(), dt = 0;
+  int rc = 0;
+  while (dt < 3.0) {
+    int k = obj_next_batch(ob, &b);
+    if (k < 0) { rc = -1; break; }
+    if (k == 0) { rc = t5g_error("bench reader: the dataset ended"); break; }
+    for (int64_t i = 0; i < (int64_t)B * Te; i++) tokens += b.enc_mask[i];
+    for (int64_t i = 0; i < (int64_t)B * Td; i++) tokens += b.dec_mask[i];
+    batches++;
+    dt = t5g_now() - t0;
+  }
+  if (rc == 0) {
+    cJSON *root = cJSON_CreateObject();
+    add_machine(root);
+    cJSON_AddStringToObject(root, "objective", "prefixlm");
+    cJSON_AddNumberToObject(root, "batch", B);
+    cJSON_AddNumberToObject(root, "enc_len", Te);
+    cJSON_AddNumberToObject(root, "dec_len", Td);
+    cJSON_AddNumberToObject(root, "batches", (double)batches);
+    cJSON_AddNumberToObject(root, "tokens", (double)tokens);
+    cJSON_AddNumberToObject(root, "seconds", dt);
+    cJSON_AddNumberToObject(root, "tokens_per_s", tokens / dt);
+    printf("reader: %lld batches of %d x (%d + %d), %lld real tokens in %.2f s: %.0f tokens/s\n", (long long)batches, B, Te,
+           Td, (long long)tokens, dt, tokens / dt);
+    rc = write_json(o, "reader.json", root);
+    cJSON_Delete(root);
+  }
+  batch_free(&b);
+  obj_free(ob);
+  shard_reader_close(r);
+  tokenizer_free(tok);
+  free(dir);
+  return rc;
+}
+
+/* ---- generation ---------------------------------------------------------------------------- */
+
+/* Greedy cached generation, S-S preset with random weights, no stop token: 16-token prompts,
+ * 32 new tokens per row; generated tokens per second for batch 1 and batch 8. */
+static int bench_generate(const BenchOpts *o) {
+  ModelConfig c;
+  if (config_resolve("t5gemma-s-s", &c) != 0) return -1;
+  Model m;
+  if (model_init(&m, &c) != 0) return -1;
+  init_random_parallel(&m, o->seed);
+  GenConfig gc;
+  gen_config_default(&gc, &m);
+  gc.n_stop = 0;
+  gc.max_new_tokens = 32;
+  const int P = 16, batches[2] = {1, 8};
+  int32_t *ids = t5g_malloc(sizeof(int32_t) * 8 * P);
+  const int32_t *prompts[8];
+  int lens[8];
+  Rng r;
+  rng_seed(&r, o->seed + 7);
+  for (int i = 0; i < 8 * P; i++) ids[i] = 3 + (int32_t)rng_below(&r, (uint64_t)c.enc.vocab_size - 3);
+  for (int b = 0; b < 8; b++) { prompts[b] = ids + b * P; lens[b] = P; }
+  GenOutput out[8];
+  cJSON *root = cJSON_CreateObject();
+  add_machine(root);
+  cJSON_AddStringToObject(root, "model", "t5gemma-s-s");
+  cJSON_AddNumberToObject(root, "prompt_len", P);
+  cJSON_AddNumberToObject(root, "new_tokens", gc.max_new_tokens);
+  int rc = 0;
+  {   /* warm-up: page in the weights */
+    GenConfig w = gc;
+    w.max_new_tokens = 2;
+    if (generate(&m, &w, prompts, lens, 1, out) != 0) rc = -1;
+    else gen_output_free(&out[0]);
+  }
+  for (int k = 0; k < 2 && rc == 0; k++) {
+    const int B = batches[k];
+    double t0 = t5g_now();
+    if (generate(&m, &gc, prompts, lens, B, out) != 0) { rc = -1; break; }
+    double dt = t5g_now() - t0;
+    int64_t n = 0;
+    for (int b = 0; b < B; b++) { n += out[b].n; gen_output_free(&out[b]); }
+    char key[32];
+    snprintf(key, sizeof key, "batch%d_tokens_per_s", B);
+    cJSON_AddNumberToObject(root, key, n / dt);
+    snprintf(key, sizeof key, "batch%d_seconds", B);
+    cJSON_AddNumberToObject(root, key, dt);
+    printf("generate: batch %d, %lld tokens in %.2f s: %.1f tokens/s (encoder and prefill included)\n", B, (long long)n, dt, n / dt);
+  }
+  if (rc == 0) rc = write_json(o, "generate.json", root);
+  cJSON_Delete(root);
+  free(ids);
+  model_free(&m);
+  return rc;
+}
+
+/* ---- report ------------------------------------------------------------------------------- */
+
+static const char *fmt_num(double v, const char *f, char *buf, size_t n) {
+  if (isnan(v)) snprintf(buf, n, "-");
+  else snprintf(buf, n, f, v);
+  return buf;
+}
+
+static int bench_report(const BenchOpts *o) {
+  cJSON *all = cJSON_CreateObject();
+  cJSON *sg = read_json(o->out, "sgemm.json");
+  const cJSON *first = NULL;
+  printf("\n## t5gemma bench (%s)\n\n", o->out);
+  if (sg) {
+    first = sg;
+    printf("machine: %s, OpenBLAS core %s, %g threads (OpenMP and OpenBLAS), load average %.1f at the sgemm run\n\n",
+           cJSON_GetStringValue(cJSON_GetObjectItem(sg, "cpu")), cJSON_GetStringValue(cJSON_GetObjectItem(sg, "openblas_core")),
+           jnum(sg, "threads"), jnum(sg, "loadavg_1min"));
+    printf("| sgemm shape (row-major, as the ops call it) | GFLOP/s | per CPU time |\n|---|---:|---:|\n");
+    const cJSON *arr = cJSON_GetObjectItem(sg, "shapes"), *e;
+    cJSON_ArrayForEach(e, arr)
+      printf("| %s | %.1f | %.1f |\n", cJSON_GetStringValue(cJSON_GetObjectItem(e, "shape")), jnum(e, "gflops"), jnum(e, "gflops_cpu"));
+    printf("\n");
+    cJSON_AddItemToObject(all, "sgemm", sg);
+  }
+  printf("| training step | tokens/step | step (s) | tokens/s | GFLOP/s | sgemm ceiling | MFU | MFU by CPU time | cores used | peak RSS (MiB) | predicted (MiB) | PyTorch tokens/s | PyTorch peak (MiB) | speed ours/PyTorch | memory ours/PyTorch |\n");
+  printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  cJSON *tr = cJSON_AddArrayToObject(all, "training");
+  for (int i = 0; i < N_TRAIN_CASES; i++) {
+    char fn[64], a[9][32];
+    snprintf(fn, sizeof fn, "%s.json", train_cases[i].name);
+    cJSON *j = read_json(o->out, fn);
+    if (!j) continue;
+    if (!first) first = j;
+    snprintf(fn, sizeof fn, "torch-%s.json", train_cases[i].name);
+    cJSON *t = read_json(o->out, fn);
+    double tps = jnum(j, "tokens_per_s"), ttps = jnum(t, "tokens_per_s");
+    double rss = jnum(j, "peak_rss_mb"), trss = jnum(t, "peak_rss_mb");
+    int64_t tok = (int64_t)(jnum(j, "batch") * (jnum(j, "enc_len") + jnum(j, "dec_len")));
+    char shape[64];
+    if (jnum(j, "enc_len") > 0) snprintf(shape, sizeof shape, "%g x (%g + %g)", jnum(j, "batch"), jnum(j, "enc_len"), jnum(j, "dec_len"));
+    else snprintf(shape, sizeof shape, "%g x %g", jnum(j, "batch"), jnum(j, "dec_len"));
+    printf("| %s, V %g, %s | %lld | %.2f | %.0f | %.1f | %.1f | %.1f%% | %.1f%% | %.2f | %.0f | %.0f | %s | %s | %s | %s |\n",
+           train_cases[i].name, jnum(j, "vocab"), shape, (long long)tok, jnum(j, "step_s"), tps, jnum(j, "gflops_per_s"),
+           jnum(j, "ceiling_gflops"), 100 * jnum(j, "mfu"), 100 * jnum(j, "mfu_cpu"), jnum(j, "cpu_share") * jnum(j, "threads"), rss,
+           jnum(j, "predicted_mb"), fmt_num(ttps, "%.0f", a[0], 32), fmt_num(trss, "%.0f", a[1], 32),
+           fmt_num(tps / ttps, "%.2fx", a[2], 32), fmt_num(rss / trss, "%.2fx", a[3], 32));
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddItemToObject(e, "t5gemma", j);
+    if (t) cJSON_AddItemToObject(e, "pytorch", t);
+    cJSON_AddNumberToObject(e, "speed_ratio", tps / ttps);
+    cJSON_AddNumberToObject(e, "memory_ratio", rss / trss);
+    cJSON_AddItemToArray(tr, e);
+  }
+  printf("\nMFU = 3 x forward FLOPs (config_flops_per_example, attention included) / step time / the best sgemm rate at the\n"
+         "model's own shapes measured in the same process just before the steps. 'MFU by CPU time' divides FLOPs per\n"
+         "CPU-second of the step by sgemm's FLOPs per CPU-second: the same ratio with the other jobs' share of the cores\n"
+         "taken out ('cores used' = CPU time / step time). PyTorch: tests/ref/t5gemma_ref.py bench, eager, same model,\n"
+         "batch, threads and OpenBLAS core.\n");
+  printf("\nTime split of a training step (s, engine profiler; 'other' = outside any op):\n\n| case |");
+  for (int k = 0; k < OPK_COUNT; k++) if (k != OPK_COMM) printf(" %s |", op_kind_names[k]);
+  printf(" other |\n|---|");
+  for (int k = 0; k < OPK_COUNT; k++) if (k != OPK_COMM) printf("---:|");
+  printf("---:|\n");
+  const cJSON *e;
+  cJSON_ArrayForEach(e, tr) {
+    const cJSON *j = cJSON_GetObjectItem(e, "t5gemma"), *p = cJSON_GetObjectItem(j, "profile_s");
+    printf("| %s |", cJSON_GetStringValue(cJSON_GetObjectItem(j, "case")));
+    for (int k = 0; k < OPK_COUNT; k++) if (k != OPK_COMM) printf(" %.2f |", jnum(p, op_kind_names[k]));
+    printf(" %.2f |\n", jnum(p, "other"));
+  }
+  cJSON *pr = read_json(o->out, "prepare.json"), *rd = read_json(o->out, "reader.json"), *gn = read_json(o->out, "generate.json");
+  printf("\n| data / generation | figure |\n|---|---:|\n");
+  if (pr) {
+    printf("| prepare (Gemma 2 tokenizer, %.1f MB of text, %g threads; tokenizer load %.1f s not included) | %.2f MB/s (%.0f tokens/s) |\n",
+           jnum(pr, "text_mb"), jnum(pr, "threads"), jnum(pr, "tokenizer_load_s"), jnum(pr, "mb_per_s"), jnum(pr, "tokens_per_s"));
+    cJSON_AddItemToObject(all, "prepare", pr);
+  }
+  if (rd) {
+    printf("| reader (PrefixLM batches %g x (%g + %g), decompressed and batched) | %.0f tokens/s |\n", jnum(rd, "batch"),
+           jnum(rd, "enc_len"), jnum(rd, "dec_len"), jnum(rd, "tokens_per_s"));
+    cJSON_AddItemToObject(all, "reader", rd);
+  }
+  if (gn) {
+    printf("| generation, S-S, greedy with caches, batch 1 | %.1f tokens/s |\n", jnum(gn, "batch1_tokens_per_s"));
+    printf("| generation, S-S, greedy with caches, batch 8 | %.1f tokens/s |\n", jnum(gn, "batch8_tokens_per_s"));
+    cJSON_AddItemToObject(all, "generate", gn);
+  }
+  if (first) {
+    cJSON_AddStringToObject(all, "cpu", cJSON_GetStringValue(cJSON_GetObjectItem(first, "cpu")));
+    cJSON_AddNumberToObject(all, "threads", jnum(first, "threads"));
+  }
+  int rc = write_json(o, "bench.json", all);
+  cJSON_Delete(all);
   return rc;
 }
 
@@ -413,6 +734,10 @@ int cmd_bench(int argc, char **argv) {
   if (o.steps < 1 || o.warmup < 0) { fprintf(stderr, "t5gemma bench: --steps must be >= 1 and --warmup >= 0\n"); return 2; }
   int rc;
   if (!strcmp(cs, "sgemm")) rc = bench_sgemm(&o);
+  else if (!strcmp(cs, "prepare")) rc = bench_prepare(&o);
+  else if (!strcmp(cs, "reader")) rc = bench_reader(&o);
+  else if (!strcmp(cs, "generate")) rc = bench_generate(&o);
+  else if (!strcmp(cs, "report")) rc = bench_report(&o);
   else {
     rc = 1;
     int found = 0;
