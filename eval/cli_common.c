@@ -50,15 +50,6 @@ int cli_float(const char *opt, const char *s, double lo, double hi, float *out) 
   return 0;
 }
 
-int cli_load_model(Model *m, const char *dir) {
-  double t0 = t5g_now();
-  if (model_load_dir(m, dir) != 0) return -1;
-  fprintf(stderr, "loaded %s (%s, %.1fM parameters) in %.1f s\n", dir,
-          m->cfg.kind == MODEL_T5GEMMA ? "T5Gemma encoder-decoder" : "Gemma 2 decoder-only",
-          params_count(&m->ps, NULL) / 1e6, t5g_now() - t0);
-  return 0;
-}
-
 Tokenizer *cli_load_tokenizer(const char *path, const char *model_dir, const Model *m, int required, int *failed) {
   *failed = 0;
   Tokenizer *t = NULL;

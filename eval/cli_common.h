@@ -21,8 +21,6 @@ int cli_int(const char *opt, const char *s, long lo, long hi, int *out);
 int cli_u64(const char *opt, const char *s, uint64_t *out);
 int cli_float(const char *opt, const char *s, double lo, double hi, float *out);
 
-/* Load the model directory (config.json + safetensors). Prints progress to stderr. */
-int cli_load_model(Model *m, const char *dir);
 /* Load the tokenizer from `path`, or when NULL from the model directory (tokenizer.json or
  * tokenizer.model there). required = 0: a missing tokenizer is not an error (returns NULL
  * without message). Checks that its vocabulary fits the model's (ids < vocab_size). */
