@@ -1,5 +1,6 @@
 /* weights_bf16.c: bf16 weights for inference and the inference loader (see weights_bf16.h). */
 #define _GNU_SOURCE
+#include "model/logit_rows.h"
 #include "model/weights_bf16.h"
 #include "model/hf_io.h"
 #include "model/memory.h"
@@ -426,80 +427,6 @@ void wbf16_logits(const StackParams *sp, const float *h, int64_t N, float *out, 
  * log-sum-exp): the same operations in the same order, so that equal logits give equal losses.
  * The tests hold the two to 1e-6 (tests/test_weights_bf16.c), which also catches a drift. */
 
-static inline void cap_row(float *z, int64_t V, float cap) {
-  if (cap <= 0) return;
-  const float inv = 1.0f / cap;
-  for (int64_t j = 0; j < V; j++) z[j] = cap * t5g_vtanh(z[j] * inv);
-}
-
-static inline float row_max(const float *z, int64_t V) {
-  float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < V; j++) m = z[j] > m ? z[j] : m;
-  return m;
-}
-
-static inline double row_lse(const float *z, int64_t V, float m) {
-  double total = 0.0;
-  int64_t j = 0;
-  while (j < V) {
-    const int64_t e = V - j > 4096 ? j + 4096 : V;
-    float acc[16] = {0};
-    for (; j + 16 <= e; j += 16)
-      for (int l = 0; l < 16; l++) acc[l] += t5g_vexp(z[j + l] - m);
-    double blk = 0.0;
-    for (; j < e; j++) blk += t5g_vexp(z[j] - m);
-    for (int l = 0; l < 16; l++) blk += acc[l];
-    total += blk;
-  }
-  return (double)m + log(total);
-}
-
-/* Soft-cap in place, with max and log-sum-exp from the same pass (0 < cap <= 40: capped logits
- * lie in [-cap, cap], so lse = cap + log Σ exp(z - cap) needs no max shift). */
-static inline void cap_max_lse(float *z, int64_t V, float cap, float *m_out, double *lse_out) {
-  const float inv = 1.0f / cap;
-  double total = 0.0;
-  float mx = -INFINITY;
-  int64_t j = 0;
-  while (j < V) {
-    const int64_t e = V - j > 4096 ? j + 4096 : V;
-    float acc[16] = {0}, ml[16];
-    for (int l = 0; l < 16; l++) ml[l] = -INFINITY;
-    for (; j + 16 <= e; j += 16)
-      for (int l = 0; l < 16; l++) {
-        const float v = cap * t5g_vtanh(z[j + l] * inv);
-        z[j + l] = v;
-        acc[l] += t5g_vexp(v - cap);
-        ml[l] = v > ml[l] ? v : ml[l];
-      }
-    double blk = 0.0;
-    for (; j < e; j++) {
-      const float v = cap * t5g_vtanh(z[j] * inv);
-      z[j] = v;
-      blk += t5g_vexp(v - cap);
-      mx = v > mx ? v : mx;
-    }
-    for (int l = 0; l < 16; l++) { blk += acc[l]; mx = ml[l] > mx ? ml[l] : mx; }
-    total += blk;
-  }
-  *m_out = mx;
-  *lse_out = (double)cap + log(total);
-}
-
-static inline int64_t first_index_of(const float *z, int64_t V, float m) {
-  int64_t j = 0;
-  while (j < V && z[j] != m) j++;
-  return j;
-}
-
-static int64_t chunk_rows(int64_t V) {
-  int64_t ch = ((int64_t)1 << 26) / (V > 0 ? V : 1);
-  if (ch > 256) ch = 256;
-  if (ch < 16) ch = 16;
-  return ch;
-}
-
 Tensor *lm_head_ce(Model *m, Graph *g, Tensor *h, const int32_t *labels, float normalizer,
                    float *row_nll, LossStats *stats) {
   const float cap = m->cfg.dec.final_logit_softcapping;
@@ -542,7 +469,7 @@ Tensor *lm_head_ce(Model *m, Graph *g, Tensor *h, const int32_t *labels, float n
       else {
         cap_row(z, V, cap);
         mx = row_max(z, V);
-        lse = row_lse(z, V, mx);
+        lse = row_lse(z, V, 1.0f, mx);
       }
       const int64_t am = first_index_of(z, V, mx);
       rn[r] = lse - (double)z[lab];
