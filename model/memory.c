@@ -5,7 +5,11 @@
 #include "model/util.h"
 #include "model/weights_bf16.h"
 
-#define LOSS_CHUNK_ROWS 256   /* rows per loss chunk (ops_loss.c), for the [rows, V] buffers */
+/* Rows per loss chunk, as model/ops_loss.c picks them (about 2^26 / V, in [16, 256]). */
+static int64_t loss_chunk_rows(int64_t V) {
+  int64_t ch = ((int64_t)1 << 26) / (V > 0 ? V : 1);
+  return ch > 256 ? 256 : ch < 16 ? 16 : ch;
+}
 
 /* Floats per token kept by one layer's forward. */
 static int64_t layer_floats(const StackConfig *s, int cross) {
@@ -42,15 +46,39 @@ int64_t memory_activations(const ModelConfig *c, int B, int Te, int Td, int reco
   return n;
 }
 
-static int64_t loss_buffers(const ModelConfig *c, int64_t rows) {
-  int64_t r = rows < LOSS_CHUNK_ROWS ? rows : LOSS_CHUNK_ROWS;
+/* The loss's logits chunk: [r, V] logits and [r, d] gathered rows (ops_loss.c), alive during
+ * the loss's forward only. */
+static int64_t loss_chunk_bytes(const ModelConfig *c, int64_t rows) {
+  int64_t V = c->dec.vocab_size, ch = loss_chunk_rows(V), r = rows < ch ? rows : ch;
+  return 4 * r * (V + c->dec.hidden_size);
+}
+
+/* Inference: two [r, V] buffers with r = min(rows, 256): the f32 loss's logits chunk, or the bf16
+ * path's LM-head blocks (model/weights_bf16.c); an upper bound for both. */
+static int64_t loss_infer_bytes(const ModelConfig *c, int64_t rows) {
+  int64_t r = rows < 256 ? rows : 256;
   return 2 * r * (int64_t)c->dec.vocab_size * 4;
+}
+
+/* Training: the loss keeps dE [V, d] and dh [rows, d] from its forward to its backward
+ * (ops_loss.c). The chunk's space is reused by the backward's gradients when those are larger,
+ * as they are without recomputation (measured: peak RSS = parameter states + arena peak + 20-60
+ * MiB on S-S, B-B and Gemma 2 S); with recomputation the released chunk's pages stay resident
+ * beside the smaller per-layer working set (measured: + the chunk). */
+static int64_t loss_train_bytes(const ModelConfig *c, int64_t rows, int64_t acts, int recompute) {
+  int64_t V = c->dec.vocab_size, d = c->dec.hidden_size, chunk = loss_chunk_bytes(c, rows);
+  int64_t keep = 4 * V * d + 4 * rows * d;
+  return keep + (recompute ? chunk : (chunk > acts ? chunk - acts : 0));
 }
 
 static void total(MemEstimate *m) {
   m->overhead = (int64_t)200 << 20;
   m->total = m->weights + m->grads + m->optimizer + m->activations + m->overhead;
 }
+
+/* Training's fixed allowance: libraries, thread stacks, OpenBLAS buffers and t5g_sgemm's scratch
+ * measured 19-56 MiB beyond the parameter states and the arena peak (bench, 2 threads). */
+#define TRAIN_OVERHEAD ((int64_t)64 << 20)
 
 MemEstimate memory_train(const ModelConfig *c, int B, int Te, int Td, int recompute, int ranks, int zero1) {
   MemEstimate m = {0};
@@ -60,8 +88,10 @@ MemEstimate memory_train(const ModelConfig *c, int B, int Te, int Td, int recomp
   m.grads = 4 * P;
   m.optimizer = zero1 ? (8 * P + ranks - 1) / ranks : 8 * P;
   /* forward tensors and, in backward, their gradients (lazily allocated, same sizes) */
-  m.activations = 2 * memory_activations(c, B, Te, Td, recompute) + loss_buffers(c, (int64_t)B * Td);
-  total(&m);
+  const int64_t acts = 2 * memory_activations(c, B, Te, Td, recompute);
+  m.activations = acts + loss_train_bytes(c, (int64_t)B * Td, acts, recompute);
+  m.overhead = TRAIN_OVERHEAD;
+  m.total = m.weights + m.grads + m.optimizer + m.activations + m.overhead;
   return m;
 }
 
@@ -84,7 +114,7 @@ MemEstimate memory_infer(const ModelConfig *c, int B, int Te, int Td, int bf16_w
                     nograd_stack(&c->dec, td, 1, te, (int64_t)c->dec.num_key_value_heads * c->dec.head_dim);
   else
     m.activations = nograd_stack(&c->dec, td, 0, 0, 0);
-  m.activations += loss_buffers(c, td);
+  m.activations += loss_infer_bytes(c, td);
   total(&m);
   return m;
 }
