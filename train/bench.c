@@ -1,13 +1,15 @@
 /* bench.c: `t5gemma bench`: the performance figures of issue 8 (`make bench` runs train/bench.sh,
- * which calls the cases below, each in its own process so peak memory figures do not mix, then
- * `t5gemma bench --report` for the table).
+ * which calls the cases below, each in its own process so peak memory figures do not mix, the
+ * PyTorch twin, then `t5gemma bench --case report` for the table).
  *
  * Cases (`t5gemma bench --case NAME`; each writes DIR/NAME.json, DIR = --out, default bench-out):
- *   sgemm      OpenBLAS cblas_sgemm GFLOP/s at the shapes the benchmarked models use: the
- *              projections [B·T, d]·[d, N] (forward layout x·Wᵀ), the MLP, the LM-head chunk of
- *              the loss in its three forms (logits, dh, dE; model/ops_loss.c), and the attention
- *              blocks (one single-threaded sgemm per OpenMP thread, as model/ops_attention.c
- *              runs them). Thread count = `t5gemma --threads` (OpenMP and OpenBLAS).
+ *   sgemm      sgemm GFLOP/s at the shapes the benchmarked models use: the projections
+ *              [B·T, d]·[d, N] (forward layout x·Wᵀ), the MLP, the LM-head chunk of the loss in
+ *              its three forms (logits, dh, dE; model/ops_loss.c), and the attention blocks (one
+ *              single-threaded sgemm per OpenMP thread, as model/ops_attention.c runs them).
+ *              Each shape runs as one cblas_sgemm on OpenBLAS's threads and through t5g_sgemm
+ *              (model/gemm.h, the engine's path); the best wall rate of both is reported, and
+ *              the rate per CPU-second (see sgemm_rate). Threads = `t5gemma --threads`.
  *   s-s        training steps of the T5Gemma S-S preset, full 256000 vocabulary, batch 2 x
  *              (512 encoder + 512 decoder tokens);
  *   b-b        the B-B preset's body with a 32000 vocabulary, batch 2 x (512 + 512);
@@ -18,12 +20,14 @@
  *              step time (mean of the timed steps, and the minimum), tokens/s (encoder + decoder
  *              tokens, as tests/ref/t5gemma_ref.py bench counts them), MFU = 3 ·
  *              config_flops_per_example · B / step time / ceiling, where the ceiling is the best
- *              sgemm rate over this model's own matmul shapes measured in the same process just
- *              before the steps; the engine profiler's seconds per OpKind (Graph.profile,
- *              model/tensor.h; "other" = step time not inside any op: tape bookkeeping, gradient
- *              zero-fill of activations); peak RSS (getrusage) and the arena peak; and
- *              memory_train()'s prediction (model/memory.h) for comparison. The model's config
- *              is written to DIR/NAME.config.json so the PyTorch twin runs the same model.
+ *              sgemm rate over this model's own matmul shapes measured in the same process right
+ *              after the steps (after the peak RSS is taken); the same by CPU time (FLOPs per CPU-second of the steps over
+ *              sgemm's FLOPs per CPU-second: on a machine whose cores other jobs share, the wall
+ *              figures depend on the others' load, this ratio much less); the engine profiler's
+ *              seconds per OpKind (Graph.profile, model/tensor.h; "other" = step time not inside
+ *              any op); peak RSS (getrusage) and the arena peak; and memory_train()'s prediction
+ *              (model/memory.h) for comparison. The model's config is written to
+ *              DIR/NAME.config.json so the PyTorch twin runs the same model.
  *   prepare    `t5gemma data prepare` on text files (--text FILES..., --tokenizer PATH): MB of
  *              text per second and tokens per second, not counting the tokenizer's load time
  *              (measured apart and reported); the dataset stays in DIR/prepare-data.
@@ -32,8 +36,8 @@
  *   generate   cached greedy generation (eval/generate.h) with the S-S preset (random weights,
  *              no stop token, 16-token prompts, 32 new tokens), batch 1 and batch 8:
  *              generated tokens/s.
- *   report     read the DIR/NAME.json files (ours and the PyTorch twin's DIR/torch-NAME.json), print the
- *              table and write DIR/bench.json.
+ *   report     read the DIR/NAME.json files (ours and the PyTorch twin's DIR/torch-NAME.json),
+ *              print the tables and write DIR/bench.json.
  * Benchmarks are not tests: nothing here asserts a time.
  */
 #define _GNU_SOURCE
@@ -309,17 +313,6 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
   char *cfg_path = t5g_path_join(o->out, fn);
   if (config_save(&c, cfg_path) != 0) return -1;
 
-  /* the ceiling: best sgemm rate over this model's shapes, now, in this process */
-  Shape sh[8];
-  char names[8][96];
-  int nsh = model_shapes(&c, B * (Te > Td ? Te : Td), tc->name, sh, names);
-  double ceiling = NAN, ceiling_cpu = NAN;
-  for (int i = 0; i < nsh && !o->no_ceiling; i++) {
-    double rc, r = sgemm_rate(&sh[i], &rc);
-    if (!(r <= ceiling)) ceiling = r;
-    if (!(rc <= ceiling_cpu)) ceiling_cpu = rc;
-  }
-
   Model m;
   if (model_init(&m, &c) != 0) return -1;
   init_random_parallel(&m, o->seed);
@@ -340,8 +333,8 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
   const int64_t tokens = (int64_t)B * (Te + Td);
   double sum_t = 0, min_t = 1e30, prof[OPK_COUNT] = {0}, sum_fb = 0, sum_opt = 0, sum_cpu = 0;
   float loss_v = 0;
-  printf("%s: %.1f M parameters, %lld tokens per step, %.1f GFLOP per step, ceiling %.1f GFLOP/s\n", tc->name,
-         m.ps.n_total / 1e6, (long long)tokens, flops / 1e9, ceiling);
+  printf("%s: %.1f M parameters, %lld tokens per step, %.1f GFLOP per step\n", tc->name, m.ps.n_total / 1e6,
+         (long long)tokens, flops / 1e9);
   fflush(stdout);
   for (int it = 0; it < o->warmup + o->steps; it++) {
     memset(g.prof_sec, 0, sizeof g.prof_sec);
@@ -359,8 +352,9 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
     double t2 = t5g_now(), dcpu = cpu_seconds() - c0;
     g.prof_sec[OPK_OPTIMIZER] += t2 - t1;
     double dt = t2 - t0;
-    printf("  %s step %d%s: %.3f s (forward+backward %.3f s, optimizer %.3f s), loss %.4f\n", tc->name, it + 1,
-           it < o->warmup ? " (warm-up)" : "", dt, t1 - t0, t2 - t1, loss_v);
+    printf("  %s step %d%s: %.3f s (forward+backward %.3f s, optimizer %.3f s), loss %.4f, RSS %.0f MiB (peak %.0f)\n", tc->name,
+           it + 1, it < o->warmup ? " (warm-up)" : "", dt, t1 - t0, t2 - t1, loss_v, t5g_current_rss() / 1048576.0,
+           t5g_peak_rss() / 1048576.0);
     fflush(stdout);
     if (it < o->warmup) continue;
     sum_t += dt; sum_fb += t1 - t0; sum_opt += t2 - t1; sum_cpu += dcpu;
@@ -369,6 +363,17 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
   }
   graph_reset(&g);
   const int ns = o->steps;
+  const int64_t peak_rss = t5g_peak_rss();   /* before the ceiling's buffers (and OpenBLAS's) */
+  /* the ceiling: best sgemm rate over this model's shapes, right after the steps, in this process */
+  Shape sh[8];
+  char names[8][96];
+  int nsh = model_shapes(&c, B * (Te > Td ? Te : Td), tc->name, sh, names);
+  double ceiling = NAN, ceiling_cpu = NAN;
+  for (int i = 0; i < nsh && !o->no_ceiling; i++) {
+    double rc, r = sgemm_rate(&sh[i], &rc);
+    if (!(r <= ceiling)) ceiling = r;
+    if (!(rc <= ceiling_cpu)) ceiling_cpu = rc;
+  }
   const double step_s = sum_t / ns;
   MemEstimate pred = memory_train(&c, B, Te, Td, o->recompute, 1, 0);
 
@@ -404,7 +409,7 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
   cJSON_AddNumberToObject(root, "ceiling_gflops_cpu", ceiling_cpu);
   cJSON_AddNumberToObject(root, "mfu_cpu", flops / cpu_s * t5g_threads() / 1e9 / ceiling_cpu);
   cJSON_AddNumberToObject(root, "loss", loss_v);
-  cJSON_AddNumberToObject(root, "peak_rss_mb", t5g_peak_rss() / 1048576.0);
+  cJSON_AddNumberToObject(root, "peak_rss_mb", peak_rss / 1048576.0);
   cJSON_AddNumberToObject(root, "arena_peak_mb", arena.peak / 1048576.0);
   cJSON_AddNumberToObject(root, "predicted_mb", pred.total / 1048576.0);
   cJSON_AddNumberToObject(root, "predicted_activations_mb", pred.activations / 1048576.0);
@@ -416,7 +421,7 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
          "peak RSS %.0f MiB (arena %.0f MiB, predicted %.0f MiB)\n",
          tc->name, step_s, tokens / step_s, flops / step_s / 1e9, 100 * flops / step_s / 1e9 / ceiling, ceiling,
          100 * flops / cpu_s * t5g_threads() / 1e9 / ceiling_cpu, ceiling_cpu, 100 * cpu_s / step_s / t5g_threads(), t5g_threads(),
-         t5g_peak_rss() / 1048576.0, arena.peak / 1048576.0, pred.total / 1048576.0);
+         peak_rss / 1048576.0, arena.peak / 1048576.0, pred.total / 1048576.0);
   printf("  split:");
   for (int k = 0; k < OPK_COUNT; k++) if (prof[k] > 0) printf(" %s %.3f", op_kind_names[k], prof[k] / ns);
   printf(" other %.3f s\n", step_s - in_ops);
@@ -653,7 +658,7 @@ static int bench_report(const BenchOpts *o) {
     cJSON_AddItemToArray(tr, e);
   }
   printf("\nMFU = 3 x forward FLOPs (config_flops_per_example, attention included) / step time / the best sgemm rate at the\n"
-         "model's own shapes measured in the same process just before the steps. 'MFU by CPU time' divides FLOPs per\n"
+         "model's own shapes measured in the same process right after the steps. 'MFU by CPU time' divides FLOPs per\n"
          "CPU-second of the step by sgemm's FLOPs per CPU-second: the same ratio with the other jobs' share of the cores\n"
          "taken out ('cores used' = CPU time / step time). PyTorch: tests/ref/t5gemma_ref.py bench, eager, same model,\n"
          "batch, threads and OpenBLAS core.\n");

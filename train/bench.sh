@@ -16,7 +16,7 @@
 #
 # Environment: BENCH_OUT (default bench-out), BENCH_THREADS (default: all cores),
 # BENCH_STEPS / BENCH_WARMUP (ours, default 2 / 1), BENCH_TORCH_STEPS / BENCH_TORCH_WARMUP
-# (default 1 / 1: PyTorch is the slower side and the run should stay near 10 minutes),
+# (default 2 / 1),
 # BENCH_SKIP_TORCH=1, T5G_BIN (default ./t5gemma).
 # OMP_WAIT_POLICY defaults to PASSIVE for both programs here: with the default (spinning)
 # policy, OpenMP threads that wait at the end of a parallel region spin, and on a machine whose
@@ -28,7 +28,7 @@ OUT=${BENCH_OUT:-bench-out}
 THREADS=${BENCH_THREADS:-$(nproc)}
 STEPS=${BENCH_STEPS:-2}
 WARMUP=${BENCH_WARMUP:-1}
-TSTEPS=${BENCH_TORCH_STEPS:-1}
+TSTEPS=${BENCH_TORCH_STEPS:-2}
 TWARMUP=${BENCH_TORCH_WARMUP:-1}
 PY=/usr/bin/python3
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
