@@ -17,11 +17,14 @@
 #            scratch-lr2e-3    the same, lr 2e-3
 #            scratch-long      the same, lr 2e-3, 900 steps (= pretraining + adaptation steps)
 #   claim 2  causal-encoder    adapt --from pretrain-small --encoder-causal (spec 4.5)
+#            ul2-bidirectional, ul2-causal-encoder: both encoders again, trained with UL2
+#                              (configs/demo-ul2.json, 300 steps), where the encoder must read
+#                              around the sentinels
 #   claim 3  unequal-warmup    adapt --encoder pretrain-large --decoder pretrain-small (random
 #                              cross-attention), 50 cross-attention-only steps (warmup_cross_steps)
 #            unequal-nowarmup  the same pair, warmup_cross_steps=0
-# Each run's starting point is evaluated on the same validation batches (step 0) and each final
-# model on the whole validation split (t5gemma eval). Every final model, decoder-only or
+# Each run's starting point is evaluated on the run's own validation batches (step 0: one step
+# with lr 0) and each final model on the whole validation split (t5gemma eval). Every final model, decoder-only or
 # encoder-decoder, is also scored on the demo's held-out windows (second 128 tokens given the first
 # 128, t5gemma score; heldout.json). Then train/experiments_report.py draws the curves and writes
 # demo/experiments/results.md.
@@ -81,19 +84,32 @@ train() {
   echo "{\"wall_s\": $(($(date +%s) - w0)), \"cpu_s\": $("$PY" -c "print(round($c1 - $c0, 1))"), \"threads\": \"${T5G_THREADS:-all}\"}" >"$EXP/$run/time.json"
   cp "$TOK/tokenizer.model" "$EXP/$run/hf/"
 }
-# prefixlm RUN INIT key=value...: a PrefixLM run from INIT, with the step-0 validation loss of INIT
-# on the same validation batches as the run's (8 batches of 16 rows) and the final model's loss on
-# the whole validation split
-prefixlm() {
-  local run=$1 init=$2; shift 2
-  train "$run" configs/demo-prefixlm.json init="$init" steps=300 eval_every=25 eval_batches=8 "$@"
-  [ -s "$EXP/$run/step0.txt" ] || t5g eval --model "$init" --data "$DATA" --objective prefixlm --enc-len 128 \
-    --dec-len 128 --batch-size 16 --batches 8 >"$EXP/$run/step0.txt"
-  [ -s "$EXP/$run/final.txt" ] || t5g eval --model "$EXP/$run/hf" --data "$DATA" --objective prefixlm --enc-len 128 \
+# step0 RUN CONFIG key=value...: the validation loss of a run's starting point on exactly the run's
+# validation batches: the same configuration trained for one step with lr 0 (AdamW then changes
+# nothing, weight decay included), validated after it -> RUN/step0.json
+step0() {
+  local run=$1 cfg=$2; shift 2
+  [ -s "$EXP/$run/step0.json" ] && return
+  rm -rf "${EXP:?}/$run/.step0"
+  t5g train "$cfg" run_dir="$EXP/$run/.step0" "${COMMON[@]}" "$@" steps=1 lr=0 warmup_steps=0 \
+    warmup_cross_steps=0 eval_every=1 log_every=1 >/dev/null
+  grep '"val_loss"' "$EXP/$run/.step0/metrics.jsonl" | tail -n 1 >"$EXP/$run/step0.json"
+  rm -rf "${EXP:?}/$run/.step0"
+}
+# encdec RUN CONFIG OBJECTIVE INIT key=value...: a T5Gemma run from INIT (300 steps, validation every
+# 25 on 8 batches), its starting point's validation loss (step0) and the final model's loss on the
+# whole validation split (t5gemma eval)
+encdec() {
+  local run=$1 cfg=$2 obj=$3 init=$4; shift 4
+  train "$run" "$cfg" init="$init" steps=300 eval_every=25 eval_batches=8 "$@"
+  step0 "$run" "$cfg" init="$init" eval_batches=8 "$@"
+  [ -s "$EXP/$run/final.txt" ] || t5g eval --model "$EXP/$run/hf" --data "$DATA" --objective "$obj" --enc-len 128 \
     --dec-len 128 >"$EXP/$run/final.txt"
-  echo "$run: start $(cut -c1-200 "$EXP/$run/step0.txt" | grep -o 'loss [0-9.]*')," \
+  echo "$run: start $(grep -o '"val_loss": [0-9.]*' "$EXP/$run/step0.json" | cut -d' ' -f2) (validation batches)," \
        "end $(grep -o 'loss [0-9.]*' "$EXP/$run/final.txt") (whole validation split)"
 }
+prefixlm() { local run=$1 init=$2; shift 2; encdec "$run" configs/demo-prefixlm.json prefixlm "$init" "$@"; }
+ul2() { local run=$1 init=$2; shift 2; encdec "$run" configs/demo-ul2.json ul2 "$init" "$@"; }
 # adapt DIR ARGS...: an adapted or random T5Gemma starting point (kept when present)
 adapt() {
   local out=$1; shift
@@ -119,6 +135,8 @@ prefixlm scratch-lr2e-3 "$EXP/init-scratch" lr=0.002
 prefixlm scratch-long "$EXP/init-scratch" lr=0.002 steps=900 eval_every=50
 hdr "claim 2: bidirectional vs causal encoder"
 prefixlm causal-encoder "$EXP/init-causal-encoder"
+ul2 ul2-bidirectional "$EXP/init-adapted" warmup_steps=20
+ul2 ul2-causal-encoder "$EXP/init-causal-encoder" warmup_steps=20
 hdr "claim 3: unequal pair, cross-attention warm-up"
 prefixlm unequal-warmup "$EXP/init-unequal" warmup_cross_steps=50
 prefixlm unequal-nowarmup "$EXP/init-unequal" warmup_cross_steps=0

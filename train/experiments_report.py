@@ -4,8 +4,9 @@
   experiments_report.py EXP_DIR IMG_DIR
 
 Reads EXP_DIR/<run>/metrics.jsonl (written by `t5gemma train`: progress lines with "loss" every
-log_every steps, validation lines with "val_loss" every eval_every steps), EXP_DIR/<run>/step0.txt
-(the validation loss of the run's starting point, `t5gemma eval` on the same validation batches)
+log_every steps, validation lines with "val_loss" every eval_every steps), EXP_DIR/<run>/step0.json
+(the validation loss of the run's starting point on the run's own validation batches: one step
+with lr 0, then validation)
 and EXP_DIR/<run>/final.txt (`t5gemma eval` on the whole validation split), and writes
   IMG_DIR/experiments-pretrain.png   causal pretraining of the two decoder-only models
   IMG_DIR/experiments-adapt.png      claim 1: adapted vs from scratch, by PrefixLM step and by
@@ -35,9 +36,10 @@ def load(exp, run):
                 va.append((o['step'], o['val_loss']))
             elif 'loss' in o:
                 tr.append((o['step'], o['loss'], o.get('elapsed_s', 0.0)))
-    s0 = read_eval(os.path.join(d, 'step0.txt'))
-    if s0 is not None:
-        va.insert(0, (0, s0))
+    p0 = os.path.join(d, 'step0.json')
+    if os.path.exists(p0):
+        with open(p0) as f:
+            va.insert(0, (0, json.loads(f.read())['val_loss']))
     t = {}
     if os.path.exists(os.path.join(d, 'time.json')):
         with open(os.path.join(d, 'time.json')) as f:
@@ -100,7 +102,7 @@ def main():
         if os.path.exists(os.path.join(exp, run, 'metrics.jsonl')):
             R[run] = load(exp, run)
     need = ['pretrain-small', 'pretrain-large', 'decoder-continued', 'adapted', 'scratch-lr1e-3', 'scratch-lr2e-3', 'scratch-long',
-            'causal-encoder', 'unequal-warmup', 'unequal-nowarmup']
+            'causal-encoder', 'ul2-bidirectional', 'ul2-causal-encoder', 'unequal-warmup', 'unequal-nowarmup']
     missing = [n for n in need if n not in R]
     if missing:
         sys.exit('experiments_report.py: missing runs in %s: %s' % (exp, ', '.join(missing)))
@@ -143,10 +145,11 @@ def main():
     plt.close(fig)
 
     best_scratch = min(('scratch-lr1e-3', 'scratch-lr2e-3'), key=lambda n: R[n]['val'][-1][1])
-    md.append('### Claim 1: adaptation vs training from scratch\n')
+    md.append('### Encoder-decoder runs (validation loss of the run\'s own objective, nats/token)\n')
     md.append('| run | start (step 0) | val loss @100 | @200 | @300 | final (whole val split) | wall (s) | CPU (s) |')
     md.append('|---|---:|---:|---:|---:|---:|---:|---:|')
-    for n in ('adapted', 'scratch-lr1e-3', 'scratch-lr2e-3', 'scratch-long', 'causal-encoder', 'unequal-warmup', 'unequal-nowarmup'):
+    for n in ('adapted', 'scratch-lr1e-3', 'scratch-lr2e-3', 'scratch-long', 'causal-encoder', 'ul2-bidirectional',
+              'ul2-causal-encoder', 'unequal-warmup', 'unequal-nowarmup'):
         v = dict(R[n]['val'])
         md.append('| %s | %s | %s | %s | %s | %s | %.0f | %.0f |' % (n, fmt(v.get(0)), fmt(v.get(100)), fmt(v.get(200)), fmt(v.get(300)),
                                                                    fmt(R[n]['final']), R[n]['wall'], R[n]['cpu']))
@@ -188,15 +191,21 @@ def main():
         md.append('')
 
     # claim 2
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    plot(ax, R['adapted'], 'bidirectional encoder (default)', 'C0')
-    plot(ax, R['causal-encoder'], 'causal encoder (encoder_causal=1)', 'C2')
-    ax.set_xlabel('PrefixLM step')
-    ax.set_ylabel('PrefixLM validation loss (nats/token)')
-    ax.set_title('Adapted demo-gemma2: encoder attention')
-    ax.set_ylim(top=min(8.5, max(v for _, v in R['causal-encoder']['val']) + 0.2))
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    plot(a1, R['adapted'], 'bidirectional encoder (default)', 'C0')
+    plot(a1, R['causal-encoder'], 'causal encoder (encoder_causal=1)', 'C2')
+    a1.set_ylabel('validation loss (nats/token)')
+    a1.set_title('PrefixLM')
+    plot(a2, R['ul2-bidirectional'], 'bidirectional encoder (default)', 'C0')
+    plot(a2, R['ul2-causal-encoder'], 'causal encoder (encoder_causal=1)', 'C2')
+    a2.set_title('UL2 (t5gemma2 mixture)')
+    for a, runs in ((a1, ('adapted', 'causal-encoder')), (a2, ('ul2-bidirectional', 'ul2-causal-encoder'))):
+        a.set_xlabel('training step (from the adapted demo-gemma2)')
+        lo = min(v for n in runs for _, v in R[n]['val'])
+        hi = max(v for n in runs for _, v in R[n]['val'][1:])
+        a.set_ylim(lo - 0.05, hi + 0.1)
+        a.grid(alpha=0.3)
+        a.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(img, 'experiments-encoder.png'), dpi=90)
     plt.close(fig)
