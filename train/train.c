@@ -721,8 +721,8 @@ int cmd_train(int argc, char **argv) {
   }
   t5g_signals_install();
   t->t_start = t5g_now();
-  double t_last = t5g_now();
-  int64_t rows_since = 0;
+  double t_last = t5g_now();   /* start of the logging interval; validation and saving are excluded */
+  int64_t rows_since = 0, steps_since = 0;
   int stop = 0;
   while (t->step < tc->steps && !stop) {
     double loss, gnorm;
@@ -748,6 +748,7 @@ int cmd_train(int argc, char **argv) {
     t->step++;
     t->tokens_since_log += toks;
     rows_since += (int64_t)tc->batch_size * tc->grad_accum * t->world;
+    steps_since++;
     int last = t->step == tc->steps;
     if (t->step % tc->log_every == 0 || last || t->step == 1) {
       double now = t5g_now(), dt = now - t_last;
@@ -755,7 +756,7 @@ int cmd_train(int argc, char **argv) {
       double mfu = step_flops(t, rows_since) / dt / (t->gemm_gflops * 1e9 * t->world);
       double eta = (now - t->t_start) / (double)t->step * (double)(tc->steps - t->step);
       tlog(t, "step %6lld/%d  loss %.4f  lr %.3g  gnorm %.3g  %.0f tok/s  MFU %.1f%%  %.1fs/step  left %s\n",
-           (long long)t->step, tc->steps, loss, lr, gnorm, tps, 100 * mfu, dt / (t->step == 1 ? 1 : (t->step % tc->log_every ? t->step % tc->log_every : tc->log_every)),
+           (long long)t->step, tc->steps, loss, lr, gnorm, tps, 100 * mfu, dt / (double)steps_since,
            eta > 3600 ? (snprintf(b2, sizeof b2, "%.1fh", eta / 3600), b2) : (snprintf(b2, sizeof b2, "%.0fs", eta), b2));
       if (t->metrics) {
         fprintf(t->metrics, "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens_per_s\": %.1f, \"mfu\": %.4f, "
@@ -768,16 +769,18 @@ int cmd_train(int argc, char **argv) {
       t_last = now;
       t->tokens_since_log = 0;
       rows_since = 0;
+      steps_since = 0;
     }
     if ((tc->eval_every > 0 && t->step % tc->eval_every == 0) || last) {
       int64_t nt;
+      double tv = t5g_now();
       double vl = validate(t, &nt);
       if (nt > 0) {
         t->last_val_loss = vl;
         tlog(t, "step %6lld  validation loss %.4f  perplexity %.2f  (%lld target tokens)\n", (long long)t->step, vl, exp(vl), (long long)nt);
         if (t->metrics) { fprintf(t->metrics, "{\"step\": %lld, \"val_loss\": %.6f, \"val_tokens\": %lld}\n", (long long)t->step, vl, (long long)nt); fflush(t->metrics); }
       }
-      t_last = t5g_now();
+      t_last += t5g_now() - tv;   /* the interval's rate counts training steps only */
     }
     int64_t sig = t5g_stop_requested();
     dist_allreduce_sum_i64(&sig, 1);
@@ -793,8 +796,9 @@ int cmd_train(int argc, char **argv) {
       fail(t);
     }
     if (save_now) {
+      double ts = t5g_now();
       if (save_checkpoint(t) != 0) fail(t);
-      t_last = t5g_now();
+      t_last += t5g_now() - ts;
     }
   }
   if (t->step == tc->steps && t->rank == 0) {
