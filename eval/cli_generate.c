@@ -30,6 +30,8 @@ static const char *USAGE =
   "                         in the available memory, else bf16; the log says which)\n"
   "Decoding (default: greedy):\n"
   "  --max-new-tokens N     default 64\n"
+  "  --min-new-tokens N     the stop tokens (<eos>, <end_of_turn>) cannot end a row before N\n"
+  "                         generated tokens (default 0; Hugging Face's min_new_tokens)\n"
   "  --greedy               argmax decoding (overrides the sampling options)\n"
   "  --temperature T        sample at temperature T (> 0)\n"
   "  --top-k K              sample among the K most probable tokens\n"
@@ -120,6 +122,7 @@ int cmd_generate(int argc, char **argv) {
     else if (!strcmp(a, "--json")) json = 1;
     else if (!strcmp(a, "--greedy")) greedy_flag = 1;
     else if (cli_is(a, "--max-new-tokens")) { VAL(); if (cli_int("--max-new-tokens", v, 1, 1 << 20, &gc.max_new_tokens)) goto bad; }
+    else if (cli_is(a, "--min-new-tokens")) { VAL(); if (cli_int("--min-new-tokens", v, 0, 1 << 20, &gc.min_new_tokens)) goto bad; }
     else if (cli_is(a, "--temperature")) { VAL(); if (cli_float("--temperature", v, 1e-6, 1e6, &gc.temperature)) goto bad; sampling = 1; }
     else if (cli_is(a, "--top-k")) { VAL(); if (cli_int("--top-k", v, 0, 1 << 30, &gc.top_k)) goto bad; sampling = 1; }
     else if (cli_is(a, "--top-p")) { VAL(); if (cli_float("--top-p", v, 1e-9, 1.0, &f)) goto bad; gc.top_p = f; sampling = 1; }

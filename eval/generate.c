@@ -35,6 +35,8 @@ int gen_config_check(const GenConfig *c) {
   if (c->max_new_tokens < 1) return t5g_error("generate: --max-new-tokens must be >= 1, got %d", c->max_new_tokens);
   if (!(c->temperature > 0)) return t5g_error("generate: --temperature must be > 0, got %g", c->temperature);
   if (!(c->top_p > 0 && c->top_p <= 1)) return t5g_error("generate: --top-p must be in (0, 1], got %g", c->top_p);
+  if (c->min_new_tokens < 0 || c->min_new_tokens > c->max_new_tokens)
+    return t5g_error("generate: --min-new-tokens must be in [0, --max-new-tokens = %d], got %d", c->max_new_tokens, c->min_new_tokens);
   if (c->top_k < 0) return t5g_error("generate: --top-k must be >= 0, got %d", c->top_k);
   if (c->num_beams < 1) return t5g_error("generate: --num-beams must be >= 1, got %d", c->num_beams);
   if (c->prefill_chunk < 1) return t5g_error("generate: prefill chunk must be >= 1, got %d", c->prefill_chunk);
@@ -668,9 +670,15 @@ int generate(Model *m, const GenConfig *cfg, const int32_t *const *prompts, cons
       if (!active[b]) continue;
       float *z = rowlogits + (size_t)b * V;
       void *scr = scratch + gen_scratch_size(V) * omp_get_thread_num();
-      int32_t tok = gen_choose(z, V, cfg, &rng[b], scr);
-      gen_log_softmax(z, V);
       GenOutput *o = &out[b];
+      /* min_new_tokens: the stop ids are not candidates yet; their logits come back for the
+       * logprobs (the model's own distribution) */
+      float saved[GEN_MAX_STOP];
+      int hold = o->n < cfg->min_new_tokens;
+      if (hold) for (int i = 0; i < cfg->n_stop; i++) { saved[i] = z[cfg->stop_ids[i]]; z[cfg->stop_ids[i]] = -INFINITY; }
+      int32_t tok = gen_choose(z, V, cfg, &rng[b], scr);
+      if (hold) for (int i = cfg->n_stop - 1; i >= 0; i--) z[cfg->stop_ids[i]] = saved[i];
+      gen_log_softmax(z, V);
       o->ids[o->n] = tok;
       o->logprobs[o->n] = z[tok];
       o->sum_logprob += z[tok];
@@ -777,7 +785,7 @@ int generate_beam(Model *m, const GenConfig *cfg, const int32_t *prompt, int len
       Cand *c = &cand[rank];
       float lp = (float)(c->score - beam_sum[c->beam]);
       if (is_stop(cfg, c->tok)) {
-        if (rank >= nb) continue;
+        if (rank >= nb || t < cfg->min_new_tokens) continue;
         int32_t *hi = tok_new + (size_t)chosen * maxnew; /* scratch row (overwritten below if chosen) */
         float *hl = lp_new + (size_t)chosen * maxnew;
         memcpy(hi, tok_hist + (size_t)c->beam * maxnew, t * sizeof(int32_t));

@@ -48,6 +48,10 @@
  *
  * Stopping: a row stops at the first token in stop_ids (by default <eos> and <end_of_turn>,
  * looked up by name in the tokenizer: gen_stop_ids_from_tokenizer) or after max_new_tokens.
+ * min_new_tokens (Hugging Face's min_new_tokens, MinNewTokensLengthLogitsProcessor): while a
+ * row has generated fewer tokens, the stop ids cannot be chosen (greedy, sampling, beams); the
+ * reported logprobs stay the model's own (a stop token's probability mass is not renormalised
+ * away), so `score` of the generated text gives the same numbers.
  */
 #ifndef T5G_GENERATE_H
 #define T5G_GENERATE_H
@@ -60,6 +64,7 @@
 
 typedef struct GenConfig {
   int max_new_tokens;        /* default 64 */
+  int min_new_tokens;        /* default 0: stop ids are not chosen before this many tokens */
   int greedy;                /* 1: argmax (default 1) */
   float temperature;         /* > 0, default 1 (sampling only) */
   int top_k;                 /* 0 = off */
@@ -78,7 +83,7 @@ typedef struct GenConfig {
 /* Defaults above; stop ids = the model config's eos_token_id, bos = its bos_token_id. */
 void gen_config_default(GenConfig *c, const Model *m);
 /* Check ranges (max_new_tokens >= 1, temperature > 0, 0 < top_p <= 1, top_k >= 0,
- * num_beams >= 1). -1 with t5g_error naming the option. */
+ * num_beams >= 1, 0 <= min_new_tokens <= max_new_tokens). -1 with t5g_error naming the option. */
 int  gen_config_check(const GenConfig *c);
 /* Replace the stop ids by <eos> and <end_of_turn> of the tokenizer (looked up by name; absent
  * ones are skipped). */

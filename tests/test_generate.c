@@ -303,6 +303,51 @@ TEST(beam_search) {
   }
 }
 
+/* min_new_tokens: the stop token cannot be chosen before N tokens (greedy, sampling, beams); the
+ * logprobs stay the model's own (teacher-forced uncached scores of the same tokens). */
+TEST(min_new_tokens) {
+  Model m; CHECK(load_model(&m, "tiny-t5gemma", 43) == 0);
+  GenConfig c; greedy_cfg(&c, &m, 12);
+  int32_t prompt[6] = {2, 31, 47, 59, 73, 88};
+  int len = 6;
+  const int32_t *pp = prompt;
+  GenOutput full;
+  CHECK(generate(&m, &c, &pp, &len, 1, &full) == 0);
+  c.stop_ids[0] = full.ids[0]; c.n_stop = 1;     /* greedy's first choice becomes the stop token */
+  for (int sampling = 0; sampling < 2; sampling++) {
+    c.greedy = !sampling; c.temperature = sampling ? 0.8f : 1.0f; c.seed = 5;
+    GenOutput g0, g4;
+    c.min_new_tokens = 0;
+    CHECK(generate(&m, &c, &pp, &len, 1, &g0) == 0);
+    if (!sampling) { CHECK_EQ_INT(g0.n, 1); CHECK_EQ_INT(g0.stopped, 1); }
+    c.min_new_tokens = 4;
+    CHECK(generate(&m, &c, &pp, &len, 1, &g4) == 0);
+    CHECK(g4.n >= 4);
+    for (int i = 0; i < 4; i++) CHECK_MSG(g4.ids[i] != c.stop_ids[0], "stop token at %d < min_new_tokens", i);
+    if (!sampling) CHECK_MSG(g4.logprobs[0] < full.logprobs[0], "first token %d (%g) should be below the masked argmax (%g)", g4.ids[0], g4.logprobs[0], full.logprobs[0]);
+    float *ref = malloc(sizeof(float) * g4.n);
+    score_uncached(&m, prompt, len, g4.ids, g4.n, ref);
+    for (int i = 0; i < g4.n; i++) CHECK_NEAR(g4.logprobs[i], ref[i], 2e-5);
+    free(ref);
+    gen_output_free(&g0); gen_output_free(&g4);
+  }
+  c.greedy = 1; c.num_beams = 3; c.min_new_tokens = 5;
+  GenOutput bo[3]; int nbo;
+  CHECK(generate_beam(&m, &c, prompt, len, 3, bo, &nbo) == 0);
+  CHECK(nbo >= 1);
+  for (int i = 0; i < nbo; i++) {
+    CHECK(bo[i].n >= 5);
+    for (int j = 0; j < 5; j++) CHECK(bo[i].ids[j] != c.stop_ids[0]);
+    gen_output_free(&bo[i]);
+  }
+  c.num_beams = 1; c.min_new_tokens = 13;   /* > max_new_tokens 12 */
+  GenOutput bad;
+  CHECK(generate(&m, &c, &pp, &len, 1, &bad) == -1);
+  CHECK(strstr(t5g_last_error(), "--min-new-tokens") != NULL);
+  gen_output_free(&full);
+  model_free(&m);
+}
+
 TEST(sampler_filters) {
   /* top-k = 1 and a tiny top-p both reduce sampling to argmax; temperature spreads draws */
   int V = 50;

@@ -114,10 +114,10 @@ echo "--- each objective's own validation loss (t5gemma eval, the whole held-out
 t5g eval --model "$PRE/hf" --data "$DATA" --objective causal --dec-len 256 2>/dev/null | tee "$EVAL/eval-gemma2-causal.txt"
 t5g eval --model "$PLM/hf" --data "$DATA" --objective prefixlm --enc-len 128 --dec-len 128 2>/dev/null | tee "$EVAL/eval-prefixlm.txt"
 t5g eval --model "$UL2/hf" --data "$DATA" --objective ul2 --enc-len 128 --dec-len 128 2>/dev/null | tee "$EVAL/eval-ul2.txt"
-echo "--- continuations of held-out paragraphs (sampling: temperature 0.7, top-p 0.9, seed 1)"
+echo "--- continuations of held-out paragraphs (sampling: temperature 0.7, top-p 0.9, seed 1, at least 32 tokens)"
 t5g data inspect "$DATA" --split val --doc 0 --doc 1 --doc 2 --doc 3 --doc 4 --doc 5 --tokenizer "$TOK/tokenizer.model" \
   | $TOOLS prompts --words 24 --count 3 >"$EVAL/prompts.jsonl"
-GEN=(--max-new-tokens 40 --temperature 0.7 --top-p 0.9 --seed 1 --json --jsonl "$EVAL/prompts.jsonl")
+GEN=(--max-new-tokens 40 --min-new-tokens 32 --temperature 0.7 --top-p 0.9 --seed 1 --json --jsonl "$EVAL/prompts.jsonl")
 t5g generate --model "$PRE/hf" "${GEN[@]}" >"$EVAL/generate-gemma2.jsonl" 2>/dev/null
 t5g generate --model "$PLM/hf" "${GEN[@]}" >"$EVAL/generate-prefixlm.jsonl" 2>/dev/null
 "$PY" - "$EVAL" <<'EOF'
