@@ -68,6 +68,7 @@ typedef struct Trainer {
   FILE *metrics, *log;
   double gemm_gflops;
   double flops_per_example;
+  int Td;   /* decoder length of every batch (for step_flops) */
   double t_start;
   int64_t tokens_since_log;
   double time_since_log;
@@ -501,8 +502,13 @@ static void set_warmup(Trainer *t) {
   }
 }
 
-static double step_flops(Trainer *t, int64_t rows) {
-  return 3.0 * t->flops_per_example * (double)rows;   /* forward + backward (2x forward) */
+/* Model FLOPs of `rows` examples with `targets` labelled tokens, forward + backward (2x forward):
+ * the LM head runs on labelled rows only (op_softcap_ce gathers them), so its 2·V·d per token is
+ * counted per target, the rest per example (model/config.c's accounting). */
+static double step_flops(Trainer *t, int64_t rows, int64_t targets) {
+  const StackConfig *d = &t->m.cfg.dec;
+  double head = 2.0 * d->vocab_size * d->hidden_size;
+  return 3.0 * ((t->flops_per_example - head * t->Td) * (double)rows + head * (double)targets);
 }
 
 /* Backward hook: [lo, hi) of the flat gradient is final on this rank; start its allreduce. */
@@ -705,6 +711,7 @@ int cmd_train(int argc, char **argv) {
   if (!dist_same_u64(weights_checksum(&t->m.ps))) { t5g_error("train: weights differ across ranks at start"); fail(t); }
   t->gemm_gflops = t5g_sgemm_gflops(1024, 1024, 1024);
   t->flops_per_example = config_flops_per_example(&t->m.cfg, Te, Td);
+  t->Td = Td;
   ParamCounts pc = config_param_counts(&t->m.cfg);
   char b1[32], b2[32];
   tlog(t, "train: %s, %s, %.1fM parameters (%.1fM trainable), objective %s, %d rank(s) x %d thread(s), OpenBLAS %s\n",
@@ -722,7 +729,7 @@ int cmd_train(int argc, char **argv) {
   t5g_signals_install();
   t->t_start = t5g_now();
   double t_last = t5g_now();   /* start of the logging interval; validation and saving are excluded */
-  int64_t rows_since = 0, steps_since = 0;
+  int64_t rows_since = 0, steps_since = 0, targets_since = 0;
   int stop = 0;
   while (t->step < tc->steps && !stop) {
     double loss, gnorm;
@@ -749,11 +756,12 @@ int cmd_train(int argc, char **argv) {
     t->tokens_since_log += toks;
     rows_since += (int64_t)tc->batch_size * tc->grad_accum * t->world;
     steps_since++;
+    targets_since += targets;
     int last = t->step == tc->steps;
     if (t->step % tc->log_every == 0 || last || t->step == 1) {
       double now = t5g_now(), dt = now - t_last;
       double tps = t->tokens_since_log / dt;
-      double mfu = step_flops(t, rows_since) / dt / (t->gemm_gflops * 1e9 * t->world);
+      double mfu = step_flops(t, rows_since, targets_since) / dt / (t->gemm_gflops * 1e9 * t->world);
       double eta = (now - t->t_start) / (double)t->step * (double)(tc->steps - t->step);
       tlog(t, "step %6lld/%d  loss %.4f  lr %.3g  gnorm %.3g  %.0f tok/s  MFU %.1f%%  %.1fs/step  left %s\n",
            (long long)t->step, tc->steps, loss, lr, gnorm, tps, 100 * mfu, dt / (double)steps_since,
@@ -770,6 +778,7 @@ int cmd_train(int argc, char **argv) {
       t->tokens_since_log = 0;
       rows_since = 0;
       steps_since = 0;
+      targets_since = 0;
     }
     if ((tc->eval_every > 0 && t->step % tc->eval_every == 0) || last) {
       int64_t nt;
