@@ -897,6 +897,10 @@ struct ShardReader {
   int64_t *sh_doc0, *sh_tok0, *sh_frame0;   /* nsh + 1 prefix sums */
   int64_t ndocs, ntok, nframes;
   int64_t win;                              /* frames per window (resolved) */
+  /* the split's largest frame (tokens, compressed bytes, documents) and document: the sequential
+   * readers' buffers are sized to these once, so reading allocates nothing (issue 8) */
+  int64_t max_frame_tok, max_frame_docs, max_doc_tok;
+  size_t max_frame_csize;
   FrameCache rc;                            /* random access */
   EpochOrder oq;                            /* shard_reader_order queries */
   IterCtx it;                               /* sequential reading without prefetch */
@@ -913,11 +917,17 @@ ShardReaderOpts shard_reader_default_opts(void) {
   return o;
 }
 
-static void cache_init(FrameCache *c, int n) {
+/* n slots; tok_cap / cbuf_cap > 0 size every slot and the compressed buffer up front (the
+ * sequential readers: no allocation while reading), 0 grows them on demand (random access). */
+static void cache_init(FrameCache *c, int n, int64_t tok_cap, size_t cbuf_cap) {
   memset(c, 0, sizeof *c);
   c->n = n;
   c->s = t5g_calloc(n, sizeof *c->s);
-  for (int i = 0; i < n; i++) c->s[i].g = -1;
+  for (int i = 0; i < n; i++) {
+    c->s[i].g = -1;
+    if (tok_cap > 0) { c->s[i].tok = t5g_malloc((size_t)tok_cap * 4); c->s[i].cap = (size_t)tok_cap; }
+  }
+  if (cbuf_cap > 0) { c->cbuf = t5g_malloc(cbuf_cap); c->ccap = cbuf_cap; }
   c->dctx = ZSTD_createDCtx();
 }
 static void cache_free(FrameCache *c) {
@@ -990,7 +1000,14 @@ static int64_t order_get(ShardReader *r, EpochOrder *e, uint64_t seed, int64_t e
   if (!r->o.shuffle) return p;
   int64_t F = r->nframes, W = r->win;
   if (e->epoch != epoch || e->seed != seed || !e->frame_perm) {
-    if (!e->frame_perm) { e->frame_perm = t5g_malloc(F * sizeof *e->frame_perm); e->win_start = t5g_malloc(((F + W - 1) / W + 1) * sizeof *e->win_start); }
+    if (!e->frame_perm) {
+      e->frame_perm = t5g_malloc(F * sizeof *e->frame_perm);
+      e->win_start = t5g_malloc(((F + W - 1) / W + 1) * sizeof *e->win_start);
+      /* no window holds more than W of the largest frames' documents */
+      int64_t cap = W * r->max_frame_docs < r->ndocs ? W * r->max_frame_docs : r->ndocs;
+      e->win_docs = t5g_malloc((size_t)cap * sizeof *e->win_docs);
+      e->win_cap = (size_t)cap;
+    }
     for (int64_t i = 0; i < F; i++) e->frame_perm[i] = i;
     shuffle_i64(e->frame_perm, F, mix3(seed, (uint64_t)epoch, 0));
     e->n_win = (F + W - 1) / W;
@@ -1042,7 +1059,7 @@ static int iter_step(ShardReader *r, IterCtx *ic, const int32_t **ids, int64_t *
   if ((int64_t)st->position >= per_rank(r, st)) { st->epoch++; st->base = 0; st->position = 0; return 0; }
   int64_t gpos = (int64_t)(st->base + st->rank + st->position * st->world_size);
   int64_t d = order_get(r, &ic->eo, st->seed, (int64_t)st->epoch, gpos);
-  if (!ic->fc.s) cache_init(&ic->fc, r->o.cache_frames);
+  if (!ic->fc.s) cache_init(&ic->fc, r->o.cache_frames, r->max_frame_tok, r->max_frame_csize);
   if (doc_get(r, &ic->fc, d, ids, n) != 0) return -1;
   st->position++;
   return 1;
@@ -1084,9 +1101,21 @@ ShardReader *shard_reader_open(const char *dir, const char *split, const ShardRe
   }
   r->ndocs = r->sh_doc0[r->nsh]; r->ntok = r->sh_tok0[r->nsh]; r->nframes = r->sh_frame0[r->nsh];
   r->win = o.window_frames == 0 || o.window_frames > r->nframes ? r->nframes : o.window_frames;
+  for (int i = 0; i < r->nsh; i++) {
+    const ShardFile *s = &r->sh[i];
+    for (int64_t f = 0; f < s->nframes; f++) {
+      const FrameEnt *e = &s->frames[f];
+      int64_t nd = (f + 1 < s->nframes ? (int64_t)s->frames[f + 1].first_doc : s->ndocs) - (int64_t)e->first_doc;
+      if ((int64_t)e->ntok > r->max_frame_tok) r->max_frame_tok = (int64_t)e->ntok;
+      if (e->csize > r->max_frame_csize) r->max_frame_csize = e->csize;
+      if (nd > r->max_frame_docs) r->max_frame_docs = nd;
+    }
+    for (int64_t d = 0; d < s->ndocs; d++)
+      if ((int64_t)(s->doc_first[d + 1] - s->doc_first[d]) > r->max_doc_tok) r->max_doc_tok = (int64_t)(s->doc_first[d + 1] - s->doc_first[d]);
+  }
   if (r->o.cache_frames <= 0) r->o.cache_frames = (int)((o.shuffle ? (r->win < 64 ? r->win : 64) : 1) + 2);
   if (r->o.cache_frames < 2) r->o.cache_frames = 2;
-  cache_init(&r->rc, r->o.cache_frames < 4 ? r->o.cache_frames : 4);
+  cache_init(&r->rc, r->o.cache_frames < 4 ? r->o.cache_frames : 4, 0, 0);
   r->st = (ShardReaderState){.seed = o.seed, .epoch = 0, .base = 0, .position = 0, .rank = (uint32_t)o.rank, .world_size = (uint32_t)o.world_size};
   return r;
 }
@@ -1198,6 +1227,7 @@ static int prefetch_start(ShardReader *r) {
   if (!r->q) {
     r->qn = r->o.prefetch_docs + 1;   /* one slot is held by the consumer */
     r->q = t5g_calloc(r->qn, sizeof *r->q);
+    for (int i = 0; i < r->qn; i++) { r->q[i].ids = t5g_malloc((size_t)r->max_doc_tok * 4); r->q[i].cap = (size_t)r->max_doc_tok; }
   }
   r->qhead = r->qcount = 0; r->held = 0; r->stop = 0; r->finished = 0;
   r->pit.st = r->st;

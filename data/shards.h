@@ -22,7 +22,11 @@
  * A window's frames are decompressed once and stay in the frame cache while its documents are
  * read, so shuffled reading costs one decompression per frame. Memory: 8 bytes per frame for the
  * frame permutation, 8 bytes per document of one window, plus the document table kept by the
- * reader (8 bytes per document: its first token). window_frames = 0 makes the whole split one
+ * reader (8 bytes per document: its first token). Sequential reading allocates nothing after
+ * its first document (issue 8): the frame cache's slots are sized at once to the split's largest
+ * frame, the window's document buffer to window_frames x the most documents in one frame (at most
+ * all documents), and the prefetch queue's slots to the split's longest document.
+ * window_frames = 0 makes the whole split one
  * window: a full Fisher-Yates permutation of the document ids (8 bytes per document, fine up to
  * ~100M documents) at the cost of decompressing a frame per document. shuffle = 0 reads the
  * documents in stored order.
