@@ -275,47 +275,11 @@ Tensor *op_softcap_ce_distill(Graph *g, Tensor *h, Tensor *E, const int32_t *lab
 
 /* ---- no-grad helpers ---------------------------------------------------------------------- */
 
-/* Heap entry ordering: a is "better" than b when its value is larger, ties to the lower id. */
-typedef struct { float v; int32_t id; } TopEnt;
-static inline int better(TopEnt a, TopEnt b) { return a.v > b.v || (a.v == b.v && a.id < b.id); }
-
-/* Min-heap (root = worst kept entry) sift-down. */
-static void heap_down(TopEnt *hp, int n, int i) {
-  for (;;) {
-    int l = 2 * i + 1, r = l + 1, w = i;
-    if (l < n && better(hp[w], hp[l])) w = l;
-    if (r < n && better(hp[w], hp[r])) w = r;
-    if (w == i) return;
-    TopEnt t = hp[i]; hp[i] = hp[w]; hp[w] = t;
-    i = w;
-  }
-}
-
-static int cmp_desc(const void *pa, const void *pb) {
-  TopEnt a = *(const TopEnt *)pa, b = *(const TopEnt *)pb;
-  return better(a, b) ? -1 : better(b, a) ? 1 : 0;
-}
-
-/* The k best of z[0..V) into hp[0..k), sorted best first. */
-static void select_topk(const float *z, int64_t V, int k, TopEnt *hp) {
-  int n = 0;
-  for (int64_t j = 0; j < V; j++) {
-    TopEnt e = {z[j], (int32_t)j};
-    if (n < k) {
-      hp[n++] = e;
-      if (n == k) for (int i = k / 2 - 1; i >= 0; i--) heap_down(hp, k, i);
-    } else if (better(e, hp[0])) {
-      hp[0] = e;
-      heap_down(hp, k, 0);
-    }
-  }
-  qsort(hp, (size_t)n, sizeof *hp, cmp_desc);
-}
-
 /* Rows of h [N, d] -> probabilities. ids_out may be NULL only when k == V: probs_out is then
  * the full softmax(z/T) in vocabulary order (the layout op_softcap_ce_distill takes with
  * t_ids = NULL). Otherwise ids_out/probs_out [N, k] hold the k most probable tokens in
- * descending probability (ties: lower id first), probabilities renormalised over the k. */
+ * descending probability (ties: lower id first), probabilities renormalised over the k.
+ * The row work is logit_rows.h's topk_rows, shared with the bf16 LM head (lm_head_topk). */
 void logits_topk(const float *h, int64_t N, const Tensor *E, float cap, float temperature, int k,
                  int32_t *ids_out, float *probs_out) {
   const int64_t V = E->shape[0], d = E->shape[1];
@@ -326,34 +290,11 @@ void logits_topk(const float *h, int64_t N, const Tensor *E, float cap, float te
   float *Z = t5g_alloc_aligned(sizeof(float) * nch * V);
   int nth = omp_get_max_threads();
   TopEnt *heaps = ids_out ? t5g_alloc_aligned(sizeof(TopEnt) * (size_t)k * nth) : NULL;
-  const float invT = 1.0f / temperature;
   for (int64_t c0 = 0; c0 < N; c0 += CH) {
     const int64_t n = N - c0 < CH ? N - c0 : CH;
     t5g_sgemm(0, 1, (int)n, (int)V, (int)d, 1.0f, h + c0 * d, (int)d,
                 E->data, (int)d, 0.0f, Z, (int)V);
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < n; r++) {
-      float *z = Z + r * V;
-      cap_row(z, V, cap);
-      for (int64_t j = 0; j < V; j++) z[j] *= invT;
-      float *po = probs_out + (c0 + r) * (int64_t)k;
-      const float m = row_max(z, V);
-      if (!ids_out) {
-        double s = 0.0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < V; j++) s += (double)t5g_vexp(z[j] - m);
-        const double inv = 1.0 / s;
-        for (int64_t j = 0; j < V; j++) po[j] = (float)(t5g_vexp(z[j] - m) * inv);
-        continue;
-      }
-      TopEnt *hp = heaps + (size_t)omp_get_thread_num() * k;
-      select_topk(z, V, k, hp);
-      double s = 0.0;
-      for (int j = 0; j < k; j++) s += (double)t5g_vexp(hp[j].v - m);
-      const double inv = 1.0 / s;
-      int32_t *io = ids_out + (c0 + r) * (int64_t)k;
-      for (int j = 0; j < k; j++) { io[j] = hp[j].id; po[j] = (float)(t5g_vexp(hp[j].v - m) * inv); }
-    }
+    topk_rows(Z, n, V, cap, temperature, k, heaps, ids_out ? ids_out + c0 * (int64_t)k : NULL, probs_out + c0 * (int64_t)k);
   }
   free(heaps);
   free(Z);

@@ -101,7 +101,9 @@ int64_t wbf16_extra_bytes(const ModelConfig *c, int threads) {
     norms += (int64_t)(4 * c->enc.num_hidden_layers + 1) * al16(c->enc.hidden_size);
   }
   if (threads < 1) threads = 1;
-  return 4 * (scratch + norms + (int64_t)threads * head_rows_for(d) * d);
+  int64_t hr = head_rows_for(d);
+  if (hr > c->dec.vocab_size) hr = c->dec.vocab_size;   /* a block never exceeds the vocabulary */
+  return 4 * (scratch + norms + (int64_t)threads * hr * d);
 }
 
 /* ---- construction --------------------------------------------------------------------------- */
@@ -403,7 +405,7 @@ void wbf16_logits(const StackParams *sp, const float *h, int64_t N, float *out, 
     fused_rows(E, V, d, h, N, out, ldo);
     return;
   }
-  const int64_t VB = w->head_rows, nb = (V + VB - 1) / VB;
+  const int64_t VB = w->head_rows < V ? w->head_rows : V, nb = (V + VB - 1) / VB;
   int nth = omp_get_max_threads();
   if (!w->head || w->head_threads < nth) {
     free(w->head);
@@ -497,4 +499,22 @@ void lm_head_logits(Model *m, const float *h, int64_t N, float *out) {
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < N; r++) cap_row(out + r * V, V, cap);
   }
+}
+
+void lm_head_topk(Model *m, const float *h, int64_t N, float temperature, int k, int32_t *ids_out, float *probs_out) {
+  const float cap = m->cfg.dec.final_logit_softcapping;
+  if (!m->dec.bf16) { logits_topk(h, N, m->dec.embed, cap, temperature, k, ids_out, probs_out); return; }
+  const int64_t V = m->dec.embed->shape[0], d = m->dec.embed->shape[1];
+  T5G_ASSERT(temperature > 0 && k >= 1 && k <= V && (ids_out || k == V));
+  const int64_t CH = chunk_rows(V), nch = N < CH ? N : CH;
+  if (nch <= 0) return;
+  float *Z = t5g_alloc_aligned(sizeof(float) * nch * V);
+  TopEnt *heaps = ids_out ? t5g_alloc_aligned(sizeof(TopEnt) * (size_t)k * omp_get_max_threads()) : NULL;
+  for (int64_t c0 = 0; c0 < N; c0 += CH) {
+    const int64_t n = N - c0 < CH ? N - c0 : CH;
+    wbf16_logits(&m->dec, h + c0 * d, n, Z, V);
+    topk_rows(Z, n, V, cap, temperature, k, heaps, ids_out ? ids_out + c0 * (int64_t)k : NULL, probs_out + c0 * (int64_t)k);
+  }
+  free(heaps);
+  free(Z);
 }

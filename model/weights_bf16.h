@@ -40,7 +40,7 @@
  *
  * Memory (model/memory.c uses wbf16_extra_bytes): 2 bytes per parameter, plus the layer scratch
  * (largest layer's matrices in f32), the norms in f32, and per thread one block of LM-head rows
- * in f32 (WBF16_HEAD_BLOCK_BYTES).
+ * in f32 (WBF16_HEAD_BLOCK_BYTES, or the whole head when that is smaller).
  */
 #ifndef T5G_WEIGHTS_BF16_H
 #define T5G_WEIGHTS_BF16_H
@@ -158,5 +158,16 @@ Tensor *lm_head_ce(Model *m, Graph *g, Tensor *h, const int32_t *labels, float n
 
 /* Soft-capped logits out[N, V] of the model's LM head (logits_full for f32 weights). */
 void lm_head_logits(Model *m, const float *h, int64_t N, float *out);
+
+/* (hbf) Top-k probabilities of the model's LM head at temperature T, with logits_topk's contract
+ * (spec 4.2, a distillation teacher's soft targets; model/ops.h): h [N, d] -> ids_out/probs_out
+ * [N, k] (ids_out NULL only with k = V: probs_out [N, V] = the full softmax). f32 weights call
+ * logits_topk(m->dec.embed) unchanged; bf16 weights (no-grad) form the logits of chunks of
+ * chunk_rows(V) rows (the loss's ~2^26-float chunks, 16 to 256 rows) with wbf16_logits, so the
+ * [V, d] f32 head never exists, and run the same row kernel (model/logit_rows.h topk_rows).
+ * Results equal the f32 model's on the same bf16-rounded weights up to the logits' blocking
+ * (~1e-7 relative). Memory: one [min(N, chunk), V] f32 chunk, k heap entries per thread, and the
+ * LM-head blocks (wbf16_extra_bytes). Call outside OpenMP regions. */
+void lm_head_topk(Model *m, const float *h, int64_t N, float temperature, int k, int32_t *ids_out, float *probs_out);
 
 #endif
