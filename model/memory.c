@@ -102,6 +102,29 @@ static int64_t nograd_stack(const StackConfig *s, int64_t tokens, int cross, int
   return 4 * (layer_floats(s, cross) * tokens + (cross ? 2 * kd * enc_tokens : 0) + 4 * d * tokens);
 }
 
+int64_t memory_teacher_weights(const ModelConfig *t, int bf16) {
+  int64_t P = config_param_counts(t).total;
+  return bf16 ? 2 * P + wbf16_extra_bytes(t, t5g_threads()) : 4 * P;
+}
+
+/* train.c teacher_targets: the teacher's no-grad forward over B rows of Te + Td tokens in the
+ * step's arena (released before the student's forward: only the excess over the student's
+ * activations counts), then beside it the gathered rows [N, d_T], one [min(N, chunk), V] logits
+ * chunk (logits_topk / lm_head_topk) and the soft targets [N, k] (ids and probs), N = B·Td. */
+MemEstimate memory_train_distill(const ModelConfig *c, int B, int Te, int Td, int recompute, int ranks, int zero1,
+                                 const ModelConfig *t, int teacher_bf16, int topk) {
+  MemEstimate m = memory_train(c, B, Te, Td, recompute, ranks, zero1);
+  if (!t) return m;
+  const int64_t N = (int64_t)B * Td, V = t->dec.vocab_size, dT = t->dec.hidden_size;
+  const int64_t fwd = nograd_stack(&t->dec, (int64_t)B * (Te + Td), 0, 0, 0);
+  const int64_t ch = loss_chunk_rows(V), k = topk > 0 && topk < V ? topk : V;
+  const int64_t targets = k < V ? 8 * N * k : 4 * N * V;
+  m.weights += memory_teacher_weights(t, teacher_bf16);
+  m.activations += (fwd > m.activations ? fwd - m.activations : 0) + 4 * N * dT + 4 * (N < ch ? N : ch) * V + targets;
+  m.total = m.weights + m.grads + m.optimizer + m.activations + m.overhead;
+  return m;
+}
+
 MemEstimate memory_infer(const ModelConfig *c, int B, int Te, int Td, int bf16_weights) {
   MemEstimate m = {0};
   int64_t P = config_param_counts(c).total;

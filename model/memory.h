@@ -9,6 +9,17 @@
  *                (see memory.c), times 2 for their gradients in backward, plus the loss chunk;
  *                with recomputation only each layer's output is kept, plus one layer's full set
  *   overhead     a fixed allowance for the program, libraries and thread stacks
+ *   teacher      (hbf; memory_train_distill, spec 4.2) a distillation teacher adds
+ *                - to weights: 4·P_T (f32, no gradient buffer) or 2·P_T + wbf16_extra_bytes (bf16:
+ *                  one layer's matrices, the norms, per thread one LM-head block, all f32);
+ *                - to activations: its no-grad forward over the micro-batch's B rows of Te + Td
+ *                  (prefix + target) tokens, one layer at a time (as memory_infer), in the same
+ *                  arena as the student's step but released before the student's forward, so only
+ *                  what exceeds the student's activations counts; then, beside the arena, the
+ *                  gathered hidden rows [B·Td, d_T], one logits chunk [min(B·Td, chunk), V]
+ *                  (chunk = the loss's ~2^26 floats / V rows) and the soft targets, which live
+ *                  through the student's forward and backward: ids and probs [B·Td, k] (probs
+ *                  [B·Td, V] for the full distribution, topk = 0)
  */
 #ifndef T5G_MEMORY_H
 #define T5G_MEMORY_H
@@ -23,6 +34,12 @@ typedef struct MemEstimate {
 /* Training step: B rows of Te encoder / Td decoder tokens (Gemma 2: Te = 0). ranks >= 1;
  * zero1: optimizer state sharded over ranks. */
 MemEstimate memory_train(const ModelConfig *c, int B, int Te, int Td, int recompute, int ranks, int zero1);
+/* (hbf) A distillation teacher's weights: 4·P_T (f32) or 2·P_T + wbf16_extra_bytes (bf16). */
+int64_t memory_teacher_weights(const ModelConfig *teacher, int bf16);
+/* (hbf) memory_train plus a Gemma 2 distillation teacher (see "teacher" above; teacher NULL:
+ * memory_train). teacher_bf16: its weights in bf16; topk: distill_topk (0 = full distribution). */
+MemEstimate memory_train_distill(const ModelConfig *c, int B, int Te, int Td, int recompute, int ranks, int zero1,
+                                 const ModelConfig *teacher, int teacher_bf16, int topk);
 /* Inference (score / eval): weights (f32 or bf16) and a no-grad forward pass, which keeps one
  * layer's tensors at a time (model.c stack_forward_ex). */
 MemEstimate memory_infer(const ModelConfig *c, int B, int Te, int Td, int bf16_weights);
