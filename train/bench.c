@@ -10,6 +10,16 @@
  *              Each shape runs as one cblas_sgemm on OpenBLAS's threads and through t5g_sgemm
  *              (model/gemm.h, the engine's path); the best wall rate of both is reported, and
  *              the rate per CPU-second (see sgemm_rate). Threads = `t5gemma --threads`.
+ *   bandwidth  memory-bound work against the machine's memory bandwidth, all on the same threads:
+ *              STREAM copy and triad on three arrays of --stream-mib MiB (default 256, far beyond
+ *              the caches); AdamW (optim/adamw.h) over the parameter buffer of --preset (default
+ *              S-S, 312.5M parameters; 28 bytes moved per parameter: reads w, g, m, v, writes w,
+ *              m, v); RMSNorm forward+backward on [--rows, hidden] and GeGLU forward+backward on
+ *              [--rows, intermediate] activations (rows default 2048), the engine's own ops run as
+ *              a training step runs them (every layer's forward, then the backwards in reverse,
+ *              with as many layers as make the arrays about as large as STREAM's, so the data
+ *              streams from memory). Each: bytes (STREAM's counting), best time, GB/s, fraction of
+ *              the triad rate measured in the same run, CPU time / wall time (cores kept busy).
  *   s-s        training steps of the T5Gemma S-S preset, full 256000 vocabulary, batch 2 x
  *              (512 encoder + 512 decoder tokens);
  *   b-b        the B-B preset's body with a 32000 vocabulary, batch 2 x (512 + 512);
@@ -75,6 +85,9 @@ typedef struct BenchOpts {
   uint64_t seed;
   int batch, enc_len, dec_len, vocab;   /* overrides of a training case's sizes (0: the case's) */
   int no_ceiling;           /* skip the sgemm ceiling (profiling runs under valgrind) */
+  const char *preset;       /* bandwidth: the model whose parameter buffer and widths are used */
+  int rows;                 /* bandwidth: activation rows of the element-wise ops */
+  int stream_mib;           /* bandwidth: size of each STREAM array */
 } BenchOpts;
 
 /* ---- JSON helpers ------------------------------------------------------------------------- */
@@ -603,6 +616,222 @@ static int bench_generate(const BenchOpts *o) {
   return rc;
 }
 
+/* ---- memory bandwidth: STREAM, AdamW, element-wise ops ------------------------------------ */
+
+/* Bytes are counted STREAM's way: each array a pass must read or write is counted once per read
+ * and once per write; the write-allocate traffic of a store to a line not read first is not
+ * counted (copy and triad store to arrays they do not read, so the memory system moves one more
+ * array than counted there; AdamW's and the ops' stores go to arrays they also read, except the
+ * ops' outputs). Every figure runs on the same OpenMP threads (t5gemma --threads). */
+
+/* STREAM kernels (McCalpin, "Memory Bandwidth and Machine Balance in Current High Performance
+ * Computers", 1995): copy c = a, triad a = b + s c. Kept as loops (not memcpy) so both run the
+ * code gcc generates for our own element-wise loops. */
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+static void stream_copy(float *restrict c, const float *restrict a, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) c[i] = a[i];
+}
+static void stream_triad(float *restrict a, const float *restrict b, const float *restrict c, float s, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) a[i] = b[i] + s * c[i];
+}
+
+/* Best wall time of fn(ctx) over repeated calls after one untimed call (page faults, caches):
+ * at least 3 timed calls, more until they add up to 0.5 s (at most 1000); *cores = CPU time /
+ * wall time of the timed calls (how many cores the work kept busy). */
+typedef void (*BwFn)(void *ctx);
+static double best_time(BwFn fn, void *ctx, double *cores) {
+  fn(ctx);
+  double best = 1e30, wall = 0, c0 = cpu_seconds();
+  for (int r = 0; r < 3 || (wall < 0.5 && r < 1000); r++) {
+    double t0 = t5g_now();
+    fn(ctx);
+    double dt = t5g_now() - t0;
+    wall += dt;
+    if (dt < best) best = dt;
+  }
+  *cores = wall > 0 ? (cpu_seconds() - c0) / wall : NAN;
+  return best;
+}
+
+typedef struct StreamCtx { float *a, *b, *c; int64_t n; } StreamCtx;
+static void run_copy(void *p) { StreamCtx *s = p; stream_copy(s->c, s->a, s->n); }
+static void run_triad(void *p) { StreamCtx *s = p; stream_triad(s->a, s->b, s->c, 3.0f, s->n); }
+
+typedef struct AdamCtx { AdamW *opt; ParamStore *ps; } AdamCtx;
+static void run_adamw(void *p) { AdamCtx *a = p; adamw_step(a->opt, a->ps, 1e-4); }
+
+/* K "layers" of one element-wise op on [N, width] activations: the forward of every layer, then
+ * every layer's backward in reverse order, as a training step runs them; K is chosen so the
+ * layers' arrays together are about as large as STREAM's three, so every pass streams from
+ * memory (in training, an op's activations are long evicted between its forward and its
+ * backward). The backward nodes are the engine's own (the op's tape node, run with the output's
+ * gradient set to dy). */
+typedef struct OpsCtx {
+  int geglu;                 /* 0: op_rmsnorm(x, w); 1: op_geglu(gate, up) */
+  int K;
+  Tensor *in0, *in1;         /* [K]: x / gate, and w / up (with their gradient buffers) */
+  float *dy;                 /* [K][N*width] */
+  Graph g;
+  Arena arena;
+  double best_s, fwd_s, bwd_s;  /* the fastest call so far, and its forward/backward split */
+} OpsCtx;
+
+static void run_ops(void *p) {
+  OpsCtx *o = p;
+  graph_reset(&o->g);
+  double t0 = t5g_now();
+  Tensor *y[1024];
+  for (int k = 0; k < o->K; k++)
+    y[k] = o->geglu ? op_geglu(&o->g, &o->in0[k], &o->in1[k]) : op_rmsnorm(&o->g, &o->in0[k], &o->in1[k], 1e-6f);
+  double t1 = t5g_now();
+  for (int k = 0; k < o->K; k++) y[k]->grad = o->dy + (int64_t)k * y[k]->n;
+  for (int i = o->g.n_nodes - 1; i >= 0; i--) o->g.nodes[i].backward(o->g.nodes[i].ctx);
+  o->g.n_nodes = 0;
+  double t2 = t5g_now();
+  if (t2 - t0 < o->best_s) { o->best_s = t2 - t0; o->fwd_s = t1 - t0; o->bwd_s = t2 - t1; }
+}
+
+/* Parallel first touch of n floats with small values (pattern by index and salt). */
+static void fill_small(float *x, int64_t n, uint32_t salt) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) x[i] = (float)((((uint64_t)i * 2654435761u) ^ salt) % 1999) * 1e-3f - 1.0f;
+}
+
+static void set_tensor(Tensor *t, float *data, float *grad, int ndim, const int64_t *shape, const char *name) {
+  memset(t, 0, sizeof *t);
+  tensor_set_shape(t, ndim, shape);
+  t->data = data;
+  t->grad = grad;
+  t->requires_grad = 1;
+  t->name = name;
+}
+
+/* One figure: JSON object in arr, and a printed line. */
+static void bw_figure(cJSON *arr, const char *name, const char *shape, double bytes, double sec, double cores, double triad,
+                      double fwd_s, double bwd_s) {
+  const double gbs = bytes / sec / 1e9;
+  cJSON *e = cJSON_CreateObject();
+  cJSON_AddStringToObject(e, "name", name);
+  cJSON_AddStringToObject(e, "shape", shape);
+  cJSON_AddNumberToObject(e, "bytes", bytes);
+  cJSON_AddNumberToObject(e, "seconds", sec);
+  cJSON_AddNumberToObject(e, "gb_per_s", gbs);
+  cJSON_AddNumberToObject(e, "of_triad", gbs / triad);
+  cJSON_AddNumberToObject(e, "cores_used", cores);
+  if (!isnan(fwd_s)) { cJSON_AddNumberToObject(e, "forward_s", fwd_s); cJSON_AddNumberToObject(e, "backward_s", bwd_s); }
+  cJSON_AddItemToArray(arr, e);
+  printf("  %-10s %-44s %9.1f MB in %8.2f ms: %6.1f GB/s = %5.1f%% of triad, %.2f cores busy\n", name, shape, bytes / 1e6, sec * 1e3,
+         gbs, 100 * gbs / triad, cores);
+  fflush(stdout);
+}
+
+/* The element-wise figure of one op (0 RMSNorm on [rows, hidden], 1 GeGLU on [rows, intermediate]). */
+static int bench_ops_bw(const BenchOpts *o, const ModelConfig *c, int geglu, double stream_bytes, double triad, cJSON *arr) {
+  const int64_t N = o->rows, W = geglu ? c->dec.intermediate_size : c->dec.hidden_size, n = N * W;
+  /* per layer: the arrays the forward and backward touch */
+  const double per_layer_floats = geglu ? 6.0 * n : 4.0 * n;
+  int K = (int)ceil(3.0 * stream_bytes / (per_layer_floats * 4));
+  K = K < 2 ? 2 : K > 1024 ? 1024 : K;
+  OpsCtx ctx;
+  memset(&ctx, 0, sizeof ctx);
+  ctx.geglu = geglu;
+  ctx.K = K;
+  ctx.best_s = 1e30;
+  ctx.in0 = t5g_calloc(K, sizeof(Tensor));
+  ctx.in1 = t5g_calloc(K, sizeof(Tensor));
+  const int64_t n1 = geglu ? n : W;      /* second input: up [N, F], or the RMSNorm weight [d] */
+  float *buf0 = t5g_alloc_aligned((size_t)K * n * 2 * sizeof(float)), *buf1 = t5g_alloc_aligned((size_t)K * n1 * 2 * sizeof(float));
+  ctx.dy = t5g_alloc_aligned((size_t)K * n * sizeof(float));
+  fill_small(buf0, (int64_t)K * n, 1);
+  memset(buf0 + (int64_t)K * n, 0, (size_t)K * n * sizeof(float));      /* gradients start at 0 */
+  fill_small(buf1, (int64_t)K * n1, 2);
+  memset(buf1 + (int64_t)K * n1, 0, (size_t)K * n1 * sizeof(float));
+  fill_small(ctx.dy, (int64_t)K * n, 3);
+  if (!geglu) for (int64_t i = 0; i < (int64_t)K * n1; i++) buf1[i] *= 0.1f;   /* RMSNorm gains near 1 */
+  const int64_t s2[2] = {N, W}, s1[1] = {W};
+  for (int k = 0; k < K; k++) {
+    set_tensor(&ctx.in0[k], buf0 + (int64_t)k * n, buf0 + (int64_t)(K + k) * n, 2, s2, geglu ? "gate" : "x");
+    set_tensor(&ctx.in1[k], buf1 + (int64_t)k * n1, buf1 + (int64_t)(K + k) * n1, geglu ? 2 : 1, geglu ? s2 : s1, geglu ? "up" : "w");
+  }
+  arena_init(&ctx.arena, 0);
+  graph_init(&ctx.g, &ctx.arena);
+  double cores, sec = best_time(run_ops, &ctx, &cores);
+  /* bytes per layer, fp32: RMSNorm forward reads x, writes y and rstd (N), reads w (d); backward
+   * reads dy, x, rstd, w and reads+writes dx, reads+writes dw. GeGLU forward reads gate, up,
+   * writes y; backward reads dy, gate, up, reads+writes dgate and dup. */
+  const double per_layer = geglu ? 4.0 * (3.0 * n + 7.0 * n) : 4.0 * ((2.0 * n + N + W) + (4.0 * n + N + 3.0 * W));
+  char name[32], shape[96];
+  snprintf(name, sizeof name, "%s", geglu ? "geglu" : "rmsnorm");
+  snprintf(shape, sizeof shape, "fwd+bwd [%lld, %lld] x %d layers", (long long)N, (long long)W, K);
+  bw_figure(arr, name, shape, per_layer * K, sec, cores, triad, ctx.fwd_s, ctx.bwd_s);
+  graph_free(&ctx.g);
+  arena_free(&ctx.arena);
+  free(buf0); free(buf1); free(ctx.dy); free(ctx.in0); free(ctx.in1);
+  return 0;
+}
+
+static int bench_bandwidth(const BenchOpts *o) {
+  const char *preset = o->preset ? o->preset : "t5gemma-s-s";
+  ModelConfig c;
+  if (config_resolve(preset, &c) != 0) return -1;
+  if (o->rows < 1 || o->stream_mib < 1) return t5g_error("bench bandwidth: --rows and --stream-mib must be >= 1");
+  cJSON *root = cJSON_CreateObject();
+  add_machine(root);
+  cJSON_AddStringToObject(root, "preset", preset);
+  cJSON_AddNumberToObject(root, "stream_mib", o->stream_mib);
+  cJSON *arr = cJSON_AddArrayToObject(root, "figures");
+  printf("bandwidth: %d threads, STREAM arrays of %d MiB, %s\n", t5g_threads(), o->stream_mib, preset);
+  fflush(stdout);
+
+  /* 1. STREAM copy and triad */
+  StreamCtx s;
+  s.n = (int64_t)o->stream_mib << 18;                 /* MiB of floats */
+  const double stream_bytes = (double)s.n * 4;
+  s.a = t5g_alloc_aligned((size_t)s.n * 4); s.b = t5g_alloc_aligned((size_t)s.n * 4); s.c = t5g_alloc_aligned((size_t)s.n * 4);
+  fill_small(s.a, s.n, 4); fill_small(s.b, s.n, 5); fill_small(s.c, s.n, 6);
+  double cc, tc, tcopy = best_time(run_copy, &s, &cc), ttriad = best_time(run_triad, &s, &tc);
+  const double triad = 3 * stream_bytes / ttriad / 1e9;
+  char shape[96];
+  snprintf(shape, sizeof shape, "c = a, %d MiB arrays", o->stream_mib);
+  bw_figure(arr, "copy", shape, 2 * stream_bytes, tcopy, cc, triad, NAN, NAN);
+  snprintf(shape, sizeof shape, "a = b + s c, %d MiB arrays", o->stream_mib);
+  bw_figure(arr, "triad", shape, 3 * stream_bytes, ttriad, tc, triad, NAN, NAN);
+  cJSON_AddNumberToObject(root, "triad_gb_per_s", triad);
+  free(s.a); free(s.b); free(s.c);
+
+  /* 2. AdamW over the preset's parameter buffer (optim/adamw.h; 28 bytes per parameter: reads
+   * w, g, m, v, writes w, m, v) */
+  Model m;
+  if (model_init(&m, &c) != 0) { cJSON_Delete(root); return -1; }
+  fill_small(m.ps.data, m.ps.n_total, 7);
+  fill_small(m.ps.grad, m.ps.n_total, 8);
+  AdamWConfig ac;
+  adamw_config_default(&ac);
+  AdamW opt;
+  if (adamw_init(&opt, &m.ps, &ac, 0, m.ps.n_total) != 0) { model_free(&m); cJSON_Delete(root); return -1; }
+  int64_t np = 0;
+  for (int i = 0; i < m.ps.n; i++) np += m.ps.e[i].t.n;
+  AdamCtx ad = {&opt, &m.ps};
+  double ca, ta = best_time(run_adamw, &ad, &ca);
+  snprintf(shape, sizeof shape, "%.1fM parameters (%s)", np / 1e6, preset);
+  bw_figure(arr, "adamw", shape, 28.0 * (double)np, ta, ca, triad, NAN, NAN);
+  cJSON_AddNumberToObject(root, "params", (double)np);
+  adamw_free(&opt);
+  model_free(&m);
+
+  /* 3. element-wise ops of the engine at a training shape of the preset */
+  cJSON_AddNumberToObject(root, "rows", o->rows);
+  if (bench_ops_bw(o, &c, 0, stream_bytes, triad, arr) != 0 || bench_ops_bw(o, &c, 1, stream_bytes, triad, arr) != 0) {
+    cJSON_Delete(root);
+    return -1;
+  }
+  int rc = write_json(o, "bandwidth.json", root);
+  cJSON_Delete(root);
+  return rc;
+}
+
 /* ---- report ------------------------------------------------------------------------------- */
 
 static const char *fmt_num(double v, const char *f, char *buf, size_t n) {
@@ -627,6 +856,22 @@ static int bench_report(const BenchOpts *o) {
       printf("| %s | %.1f | %.1f |\n", cJSON_GetStringValue(cJSON_GetObjectItem(e, "shape")), jnum(e, "gflops"), jnum(e, "gflops_cpu"));
     printf("\n");
     cJSON_AddItemToObject(all, "sgemm", sg);
+  }
+  cJSON *bw = read_json(o->out, "bandwidth.json");
+  if (bw) {
+    if (!first) first = bw;
+    printf("| memory-bound work (%g threads, %s) | bytes | best time (ms) | GB/s | of triad | cores busy |\n|---|---:|---:|---:|---:|---:|\n",
+           jnum(bw, "threads"), cJSON_GetStringValue(cJSON_GetObjectItem(bw, "preset")));
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(bw, "figures"))
+      printf("| %s: %s | %.1f MB | %.2f | %.1f | %.0f%% | %.2f |\n", cJSON_GetStringValue(cJSON_GetObjectItem(e, "name")),
+             cJSON_GetStringValue(cJSON_GetObjectItem(e, "shape")), jnum(e, "bytes") / 1e6, 1e3 * jnum(e, "seconds"),
+             jnum(e, "gb_per_s"), 100 * jnum(e, "of_triad"), jnum(e, "cores_used"));
+    printf("\nBytes as STREAM counts them: each array a pass reads or writes, once per read and once per write (AdamW: 28\n"
+           "bytes per parameter). 'of triad' = GB/s over the triad rate of the same run. Copy and triad store to lines they\n"
+           "did not read, which costs the memory system an uncounted write-allocate read (a third more traffic for triad);\n"
+           "AdamW's stores go to lines it has just read, so it can pass 100%%. 'cores busy' = CPU time / wall time.\n\n");
+    cJSON_AddItemToObject(all, "bandwidth", bw);
   }
   printf("| training step | tokens/step | step (s) | tokens/s | GFLOP/s | sgemm ceiling | MFU | MFU by CPU time | cores used | peak RSS (MiB) | predicted (MiB) | PyTorch tokens/s | PyTorch peak (MiB) | speed ours/PyTorch | memory ours/PyTorch |\n");
   printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -706,19 +951,22 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: t5gemma [--threads N] bench --case NAME [options]\n"
           "  Performance figures; `make bench` (train/bench.sh) runs every case and the PyTorch twin.\n"
-          "  --case NAME     sgemm | s-s | b-b | gemma2-s | prepare | reader | generate | report\n"
+          "  --case NAME     sgemm | bandwidth | s-s | b-b | gemma2-s | prepare | reader | generate | report\n"
           "  --out DIR       where NAME.json files go (default bench-out)\n"
           "  --steps N       timed training steps (default 2); --warmup N untimed first steps (default 1)\n"
           "  --recompute     training cases: activation recomputation per layer\n"
           "  --batch B, --enc-len Te, --dec-len Td, --vocab V   training cases: other sizes than the case's\n"
           "  --no-ceiling    training cases: do not measure the sgemm ceiling (no MFU; for profilers)\n"
+          "  --preset NAME   bandwidth: the model whose parameters AdamW updates (default t5gemma-s-s)\n"
+          "  --rows N        bandwidth: activation rows of the element-wise ops (default 2048)\n"
+          "  --stream-mib M  bandwidth: MiB per STREAM array (default 256)\n"
           "  --tokenizer P   prepare/reader: tokenizer.json (the Gemma 2 tokenizer)\n"
           "  --text FILES... prepare: the text files (the rest of the arguments)\n"
           "  --seed S        random weights and batch (default 1)\n");
 }
 
 int cmd_bench(int argc, char **argv) {
-  BenchOpts o = {"bench-out", 2, 1, 0, NULL, NULL, 0, 1, 0, 0, 0, 0, 0};
+  BenchOpts o = {"bench-out", 2, 1, 0, NULL, NULL, 0, 1, 0, 0, 0, 0, 0, NULL, 2048, 256};
   const char *cs = NULL;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -735,6 +983,9 @@ int cmd_bench(int argc, char **argv) {
     else if (!strcmp(a, "--enc-len") && i + 1 < argc) o.enc_len = atoi(argv[++i]);
     else if (!strcmp(a, "--dec-len") && i + 1 < argc) o.dec_len = atoi(argv[++i]);
     else if (!strcmp(a, "--vocab") && i + 1 < argc) o.vocab = atoi(argv[++i]);
+    else if (!strcmp(a, "--preset") && i + 1 < argc) o.preset = argv[++i];
+    else if (!strcmp(a, "--rows") && i + 1 < argc) o.rows = atoi(argv[++i]);
+    else if (!strcmp(a, "--stream-mib") && i + 1 < argc) o.stream_mib = atoi(argv[++i]);
     else if (!strcmp(a, "--text")) { o.text = argv + i + 1; o.n_text = argc - i - 1; break; }
     else { fprintf(stderr, "t5gemma bench: unknown or incomplete argument '%s'\n", a); usage(stderr); return 2; }
   }
@@ -742,6 +993,7 @@ int cmd_bench(int argc, char **argv) {
   if (o.steps < 1 || o.warmup < 0) { fprintf(stderr, "t5gemma bench: --steps must be >= 1 and --warmup >= 0\n"); return 2; }
   int rc;
   if (!strcmp(cs, "sgemm")) rc = bench_sgemm(&o);
+  else if (!strcmp(cs, "bandwidth")) rc = bench_bandwidth(&o);
   else if (!strcmp(cs, "prepare")) rc = bench_prepare(&o);
   else if (!strcmp(cs, "reader")) rc = bench_reader(&o);
   else if (!strcmp(cs, "generate")) rc = bench_generate(&o);

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # bench.sh: `make bench` (issue 8). Measures, in one run on this machine, and prints a table
 # (also written as JSON to $OUT/bench.json; the per-case JSON files stay next to it):
-#   1. sgemm GFLOP/s of OpenBLAS at the models' shapes, with the thread count;
+#   1. sgemm GFLOP/s of OpenBLAS at the models' shapes, with the thread count; the memory
+#      bandwidth (STREAM copy and triad on 256 MiB arrays) and, against it, AdamW over the S-S
+#      parameter buffer and RMSNorm / GeGLU forward+backward at S-S training shapes;
 #   2. training steps (forward + backward + clipping + AdamW) of S-S (V 256000, 2 x (512 + 512)),
 #      B-B's body with V 32000 (2 x (512 + 512)) and Gemma 2 S (V 256000, causal, 1 x 1024):
 #      tokens/s, MFU against the best sgemm rate at the model's own shapes measured in the same
@@ -45,6 +47,8 @@ log "threads $THREADS, OpenBLAS core ${CORE:-unknown}, OMP_WAIT_POLICY $OMP_WAIT
 
 log "sgemm at the models' shapes"
 "$BIN" --threads "$THREADS" bench --case sgemm --out "$OUT"
+log "memory bandwidth: STREAM, AdamW, element-wise ops"
+"$BIN" --threads "$THREADS" bench --case bandwidth --out "$OUT"
 
 have_torch=0
 if [ "${BENCH_SKIP_TORCH:-0}" != 1 ] && "$PY" -c "import torch" 2>/dev/null; then have_torch=1; fi
