@@ -107,20 +107,23 @@ int64_t memory_teacher_weights(const ModelConfig *t, int bf16) {
   return bf16 ? 2 * P + wbf16_extra_bytes(t, t5g_threads()) : 4 * P;
 }
 
-/* train.c teacher_targets: the teacher's no-grad forward over B rows of Te + Td tokens in the
- * step's arena (released before the student's forward: only the excess over the student's
- * activations counts), then beside it the gathered rows [N, d_T], one [min(N, chunk), V] logits
- * chunk (logits_topk / lm_head_topk) and the soft targets [N, k] (ids and probs), N = B·Td. */
+/* train.c teacher_targets, all in the step's arena: the soft targets [N, k] (ids and probs) stay
+ * through the student's forward and backward; below them, released before the student's forward,
+ * the teacher's no-grad forward over B rows of Te + Td tokens and then, beside its four [B·(Te+Td),
+ * d_T] buffers, the gathered rows [N, d_T] and one [min(N, chunk), V] logits chunk (lm_head_topk);
+ * N = B·Td. The student's step reuses that space: only the excess over its activations counts. */
 MemEstimate memory_train_distill(const ModelConfig *c, int B, int Te, int Td, int recompute, int ranks, int zero1,
                                  const ModelConfig *t, int teacher_bf16, int topk) {
   MemEstimate m = memory_train(c, B, Te, Td, recompute, ranks, zero1);
   if (!t) return m;
-  const int64_t N = (int64_t)B * Td, V = t->dec.vocab_size, dT = t->dec.hidden_size;
-  const int64_t fwd = nograd_stack(&t->dec, (int64_t)B * (Te + Td), 0, 0, 0);
+  const int64_t N = (int64_t)B * Td, BL = (int64_t)B * (Te + Td), V = t->dec.vocab_size, dT = t->dec.hidden_size;
   const int64_t ch = loss_chunk_rows(V), k = topk > 0 && topk < V ? topk : V;
   const int64_t targets = k < V ? 8 * N * k : 4 * N * V;
+  const int64_t fwd = nograd_stack(&t->dec, BL, 0, 0, 0);
+  const int64_t top = 4 * (4 * BL * dT + N * dT + (N < ch ? N : ch) * V);
+  const int64_t peak = fwd > top ? fwd : top;
   m.weights += memory_teacher_weights(t, teacher_bf16);
-  m.activations += (fwd > m.activations ? fwd - m.activations : 0) + 4 * N * dT + 4 * (N < ch ? N : ch) * V + targets;
+  m.activations += targets + (peak > m.activations ? peak - m.activations : 0);
   m.total = m.weights + m.grads + m.optimizer + m.activations + m.overhead;
   return m;
 }

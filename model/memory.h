@@ -12,14 +12,15 @@
  *   teacher      (hbf; memory_train_distill, spec 4.2) a distillation teacher adds
  *                - to weights: 4·P_T (f32, no gradient buffer) or 2·P_T + wbf16_extra_bytes (bf16:
  *                  one layer's matrices, the norms, per thread one LM-head block, all f32);
- *                - to activations: its no-grad forward over the micro-batch's B rows of Te + Td
- *                  (prefix + target) tokens, one layer at a time (as memory_infer), in the same
- *                  arena as the student's step but released before the student's forward, so only
- *                  what exceeds the student's activations counts; then, beside the arena, the
- *                  gathered hidden rows [B·Td, d_T], one logits chunk [min(B·Td, chunk), V]
- *                  (chunk = the loss's ~2^26 floats / V rows) and the soft targets, which live
- *                  through the student's forward and backward: ids and probs [B·Td, k] (probs
- *                  [B·Td, V] for the full distribution, topk = 0)
+ *                - to activations (all in the step's arena, train.c teacher_targets): the soft
+ *                  targets, ids and probs [B·Td, k] (probs [B·Td, V] for the full distribution,
+ *                  topk = 0), which live through the student's forward and backward; and, released
+ *                  before the student's forward so that only what exceeds the student's
+ *                  activations counts, the larger of its no-grad forward over the micro-batch's B
+ *                  rows of Te + Td (prefix + target) tokens, one layer at a time (as memory_infer),
+ *                  and the top-k phase: that forward's four [B·(Te+Td), d_T] buffers, the gathered
+ *                  hidden rows [B·Td, d_T] and one logits chunk [min(B·Td, chunk), V] (chunk = the
+ *                  loss's ~2^26 floats / V rows)
  */
 #ifndef T5G_MEMORY_H
 #define T5G_MEMORY_H

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "model/logit_rows.h"
 #include "model/weights_bf16.h"
+#include "model/gemm.h"
 #include "model/hf_io.h"
 #include "model/memory.h"
 #include "model/runtime.h"
@@ -501,20 +502,25 @@ void lm_head_logits(Model *m, const float *h, int64_t N, float *out) {
   }
 }
 
-void lm_head_topk(Model *m, const float *h, int64_t N, float temperature, int k, int32_t *ids_out, float *probs_out) {
+void lm_head_topk(Model *m, const float *h, int64_t N, float temperature, int k, int32_t *ids_out, float *probs_out,
+                  Arena *scratch) {
   const float cap = m->cfg.dec.final_logit_softcapping;
-  if (!m->dec.bf16) { logits_topk(h, N, m->dec.embed, cap, temperature, k, ids_out, probs_out); return; }
-  const int64_t V = m->dec.embed->shape[0], d = m->dec.embed->shape[1];
+  const Tensor *E = m->dec.embed;
+  const int64_t V = E->shape[0], d = E->shape[1];
   T5G_ASSERT(temperature > 0 && k >= 1 && k <= V && (ids_out || k == V));
   const int64_t CH = chunk_rows(V), nch = N < CH ? N : CH;
   if (nch <= 0) return;
-  float *Z = t5g_alloc_aligned(sizeof(float) * nch * V);
-  TopEnt *heaps = ids_out ? t5g_alloc_aligned(sizeof(TopEnt) * (size_t)k * omp_get_max_threads()) : NULL;
+  const size_t zb = sizeof(float) * nch * V, hb = ids_out ? sizeof(TopEnt) * (size_t)k * omp_get_max_threads() : 0;
+  ArenaMark mk = {0};
+  if (scratch) mk = arena_mark(scratch);
+  float *Z = scratch ? arena_alloc(scratch, zb) : t5g_alloc_aligned(zb);
+  TopEnt *heaps = !hb ? NULL : scratch ? arena_alloc(scratch, hb) : t5g_alloc_aligned(hb);
   for (int64_t c0 = 0; c0 < N; c0 += CH) {
     const int64_t n = N - c0 < CH ? N - c0 : CH;
-    wbf16_logits(&m->dec, h + c0 * d, n, Z, V);
+    if (m->dec.bf16) wbf16_logits(&m->dec, h + c0 * d, n, Z, V);   /* by blocks of vocabulary rows */
+    else t5g_sgemm(0, 1, (int)n, (int)V, (int)d, 1.0f, h + c0 * d, (int)d, E->data, (int)d, 0.0f, Z, (int)V);   /* as logits_topk */
     topk_rows(Z, n, V, cap, temperature, k, heaps, ids_out ? ids_out + c0 * (int64_t)k : NULL, probs_out + c0 * (int64_t)k);
   }
-  free(heaps);
-  free(Z);
+  if (scratch) arena_release(scratch, mk);
+  else { free(heaps); free(Z); }
 }

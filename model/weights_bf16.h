@@ -161,13 +161,16 @@ void lm_head_logits(Model *m, const float *h, int64_t N, float *out);
 
 /* (hbf) Top-k probabilities of the model's LM head at temperature T, with logits_topk's contract
  * (spec 4.2, a distillation teacher's soft targets; model/ops.h): h [N, d] -> ids_out/probs_out
- * [N, k] (ids_out NULL only with k = V: probs_out [N, V] = the full softmax). f32 weights call
- * logits_topk(m->dec.embed) unchanged; bf16 weights (no-grad) form the logits of chunks of
- * chunk_rows(V) rows (the loss's ~2^26-float chunks, 16 to 256 rows) with wbf16_logits, so the
- * [V, d] f32 head never exists, and run the same row kernel (model/logit_rows.h topk_rows).
- * Results equal the f32 model's on the same bf16-rounded weights up to the logits' blocking
- * (~1e-7 relative). Memory: one [min(N, chunk), V] f32 chunk, k heap entries per thread, and the
- * LM-head blocks (wbf16_extra_bytes). Call outside OpenMP regions. */
-void lm_head_topk(Model *m, const float *h, int64_t N, float temperature, int k, int32_t *ids_out, float *probs_out);
+ * [N, k] (ids_out NULL only with k = V: probs_out [N, V] = the full softmax). The logits of
+ * chunks of chunk_rows(V) rows (the loss's ~2^26-float chunks, 16 to 256 rows) come from one
+ * sgemm with the f32 head (exactly logits_topk's) or, with bf16 weights, from wbf16_logits by
+ * blocks of vocabulary rows, so the [V, d] f32 head never exists; the row work is
+ * logits_topk's (model/logit_rows.h topk_rows). bf16 results equal the f32 model's on the same
+ * bf16-rounded weights up to the logits' blocking (~1e-7 relative).
+ * Memory: one [min(N, chunk), V] f32 chunk and k heap entries per thread, from `scratch` (an
+ * arena: marked and released, so steady-state calls allocate nothing) or, when NULL, malloc'ed
+ * and freed; plus the bf16 LM-head blocks (wbf16_extra_bytes). Call outside OpenMP regions. */
+void lm_head_topk(Model *m, const float *h, int64_t N, float temperature, int k, int32_t *ids_out, float *probs_out,
+                  Arena *scratch);
 
 #endif
