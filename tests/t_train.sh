@@ -418,7 +418,7 @@ if train teacher model=g2.json objective=causal data=copy seq_len=20 batch_size=
   "$BIN" random-checkpoint --config "$W/t5.json" --out "$W/student0" --dtype f32 --seed 5 >>"$W/prep3.out" 2>&1 ||
     fail "distill_value" "setup failed: $(tail -n 2 "$W/prep3.out")"
   for k in 0 4; do
-    if train "dv$k" copy.json data=same init=student0 model= teacher=teacher_run/hf distill_topk=$k distill_alpha=0.7 \
+    if train "dv$k" copy.json data=same init=student0 model= teacher=teacher_run/hf teacher_dtype=f32 distill_topk=$k distill_alpha=0.7 \
          distill_temperature=2 batch_size=4 steps=1 run_dir="dv$k"; then
       got=$(h get "$W/dv$k" loss first)
       want=$(cd "$REPO" && $PY - "$W" $k <<'EOF' 2>&1

@@ -1,6 +1,9 @@
-/* info_model.c: `t5gemma info MODEL [--batch B] [--enc-len Te] [--dec-len Td] [--ranks N]`:
+/* info_model.c: `t5gemma info MODEL [--batch B] [--enc-len Te] [--dec-len Td] [--ranks N]
+ * [--teacher MODEL --teacher-dtype bf16|f32 --distill-topk K]`:
  * a model's config, parameter counts, FLOPs per token and the memory each command needs
- * (model/memory.h), before anything is allocated. */
+ * (model/memory.h), before anything is allocated. With --teacher (a Gemma 2 preset, config.json
+ * or checkpoint directory) the training rows include a PrefixLM distillation teacher
+ * (memory_train_distill; train config keys teacher, teacher_dtype, distill_topk). */
 #include "model/config.h"
 #include "model/memory.h"
 #include "model/runtime.h"
@@ -28,7 +31,8 @@ static void mem_row(const char *what, MemEstimate m) {
 }
 
 int info_model(const char *model, int argc, char **argv) {
-  int B = 8, Te = 512, Td = 512, ranks = 0, new_tokens = 128;
+  int B = 8, Te = 512, Td = 512, ranks = 0, new_tokens = 128, topk = 0, teacher_bf16 = 1;
+  const char *teacher = NULL;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (i + 1 < argc && !strcmp(a, "--batch")) B = atoi(argv[++i]);
@@ -36,13 +40,31 @@ int info_model(const char *model, int argc, char **argv) {
     else if (i + 1 < argc && !strcmp(a, "--dec-len")) Td = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(a, "--ranks")) ranks = atoi(argv[++i]);
     else if (i + 1 < argc && !strcmp(a, "--new-tokens")) new_tokens = atoi(argv[++i]);
-    else t5g_fatal("info: unknown argument '%s' (options: --batch B --enc-len Te --dec-len Td --ranks N --new-tokens N)", a);
+    else if (i + 1 < argc && !strcmp(a, "--teacher")) teacher = argv[++i];
+    else if (i + 1 < argc && !strcmp(a, "--distill-topk")) topk = atoi(argv[++i]);
+    else if (i + 1 < argc && !strcmp(a, "--teacher-dtype")) {
+      const char *v = argv[++i];
+      if (strcmp(v, "bf16") && strcmp(v, "f32")) t5g_fatal("info: --teacher-dtype expects bf16 or f32, found \"%s\"", v);
+      teacher_bf16 = !strcmp(v, "bf16");
+    }
+    else t5g_fatal("info: unknown argument '%s' (options: --batch B --enc-len Te --dec-len Td --ranks N --new-tokens N "
+                   "--teacher MODEL --teacher-dtype bf16|f32 --distill-topk K)", a);
   }
   if (B < 1 || Te < 1 || Td < 1 || new_tokens < 1) t5g_fatal("info: --batch, --enc-len, --dec-len and --new-tokens must be positive");
+  if (topk < 0) t5g_fatal("info: --distill-topk must be >= 0 (0: the full distribution), found %d", topk);
   ModelConfig c;
   if (config_resolve(model, &c) != 0) t5g_die_last();
   int encdec = c.kind == MODEL_T5GEMMA;
   if (!encdec) Te = 0;
+  ModelConfig tcfg;
+  if (teacher) {   /* as train checks it (train.c setup_model) */
+    if (config_resolve(teacher, &tcfg) != 0) t5g_die_last();
+    if (!encdec) t5g_fatal("info: --teacher: distillation trains a T5Gemma student with objective prefixlm, but %s is a Gemma 2 model", model);
+    if (tcfg.kind != MODEL_GEMMA2) t5g_fatal("info: --teacher %s: the distillation teacher must be a Gemma 2 (decoder-only) model", teacher);
+    if (tcfg.dec.vocab_size != c.dec.vocab_size)
+      t5g_fatal("info: --teacher %s: vocab_size %d differs from the student's %d", teacher, tcfg.dec.vocab_size, c.dec.vocab_size);
+  }
+  const ModelConfig *tp = teacher ? &tcfg : NULL;
   printf("\nmodel:          %s (%s)\n", model, encdec ? "T5Gemma encoder-decoder, T5GemmaForConditionalGeneration" : "Gemma 2 decoder-only, Gemma2ForCausalLM");
   if (encdec) { stack_line("encoder", &c.enc); stack_line("decoder", &c.dec); printf("  cross-attention k/v width %d, encoder %s\n", c.dec.cross_attention_hidden_size, c.encoder_causal ? "causal (ablation)" : "bidirectional"); }
   else stack_line("decoder", &c.dec);
@@ -67,14 +89,21 @@ int info_model(const char *model, int argc, char **argv) {
   mem_row(gw, memory_generate(&c, B, encdec ? Te : Td, new_tokens, 0));
   snprintf(gw, sizeof gw, "generate (%d new tokens), bf16", new_tokens);
   mem_row(gw, memory_generate(&c, B, encdec ? Te : Td, new_tokens, 1));
-  mem_row("train", memory_train(&c, B, Te, Td, 0, 1, 0));
-  mem_row("train, recompute=1", memory_train(&c, B, Te, Td, 1, 1, 0));
+  if (teacher) {
+    char b1[32], b2[32];
+    printf("  teacher %s: %.4fB parameters, weights %s in bf16 (teacher_dtype=bf16) or %s in f32; the train rows below\n"
+           "  include it with %s weights, %s soft targets\n", teacher, config_param_counts(&tcfg).total / 1e9,
+           gb(memory_teacher_weights(&tcfg, 1), b1), gb(memory_teacher_weights(&tcfg, 0), b2), teacher_bf16 ? "bf16" : "f32",
+           topk > 0 ? "top-k" : "full-distribution");
+  }
+  mem_row("train", memory_train_distill(&c, B, Te, Td, 0, 1, 0, tp, teacher_bf16, topk));
+  mem_row("train, recompute=1", memory_train_distill(&c, B, Te, Td, 1, 1, 0, tp, teacher_bf16, topk));
   int rlist[4] = {2, 4, 8, 16};
   for (int k = 0; k < 4; k++) {
     int r = ranks > 0 ? ranks : rlist[k];
     char what[64];
     snprintf(what, sizeof what, "train per rank, %d ranks, zero1", r);
-    mem_row(what, memory_train(&c, B, Te, Td, 1, r, 1));
+    mem_row(what, memory_train_distill(&c, B, Te, Td, 1, r, 1, tp, teacher_bf16, topk));
     if (ranks > 0) break;
   }
   printf("score, eval and generate refuse to start when their need exceeds the available memory; their\n"

@@ -7,6 +7,8 @@
  *      target tokens, not over sequences: adamw.h "contract with the loss");
  *   3. forward + backward per micro-batch, gradients accumulate in the flat buffer;
  *      with a teacher (distillation, spec 4.2) the teacher runs in no-grad mode on prefix+target;
+ *      its frozen weights stay in bf16 (teacher_dtype, model/weights_bf16.h: 2 bytes per
+ *      parameter, exact for the bf16 Gemma 2 releases) or f32, without a gradient buffer;
  *   4. gradients are summed over ranks (MPI allreduce, or reduce-scatter with ZeRO-1);
  *   5. global-norm clipping; a non-finite loss or norm skips the step (counted; after
  *      max_bad_steps in a row the run stops, keeping the last good checkpoint);
@@ -26,6 +28,7 @@
 #include "model/memory.h"
 #include "model/model.h"
 #include "model/runtime.h"
+#include "model/weights_bf16.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "train/checkpoint.h"
@@ -44,6 +47,7 @@ typedef struct Trainer {
   TrainConfig tc;
   Model m;
   Model teacher;
+  ModelConfig teacher_cfg;      /* read before the memory check; the weights load after it */
   int has_teacher;
   Tokenizer *tok;                /* NULL for pre-tokenized data without tokenizer= */
   uint64_t tok_hash;
@@ -121,14 +125,27 @@ static void setup_model(Trainer *t) {
   t->warmup_cross = tc->warmup_cross_steps;
   if (t->warmup_cross < 0)
     t->warmup_cross = kind == MODEL_T5GEMMA && t->m.cfg.enc.hidden_size != t->m.cfg.dec.hidden_size ? 1000 : 0;
-  if (tc->teacher[0]) {
-    if (model_load_dir(&t->teacher, tc->teacher) != 0) fail(t);
-    if (t->teacher.cfg.kind != MODEL_GEMMA2) { t5g_error("%s: the distillation teacher must be a Gemma 2 (decoder-only) checkpoint", tc->teacher); fail(t); }
-    if (t->teacher.cfg.dec.vocab_size != t->m.cfg.dec.vocab_size)
-      { t5g_error("%s: teacher vocab_size %d differs from the student's %d", tc->teacher, t->teacher.cfg.dec.vocab_size, t->m.cfg.dec.vocab_size); fail(t); }
-    for (int i = 0; i < t->teacher.ps.n; i++) params_set_frozen(&t->teacher.ps, i, 1);
+  if (tc->teacher[0]) {   /* its config now; its weights after the memory check (load_teacher) */
+    if (config_load(tc->teacher, &t->teacher_cfg) != 0) fail(t);
+    if (t->teacher_cfg.kind != MODEL_GEMMA2) { t5g_error("%s: the distillation teacher must be a Gemma 2 (decoder-only) checkpoint", tc->teacher); fail(t); }
+    if (t->teacher_cfg.dec.vocab_size != t->m.cfg.dec.vocab_size)
+      { t5g_error("%s: teacher vocab_size %d differs from the student's %d", tc->teacher, t->teacher_cfg.dec.vocab_size, t->m.cfg.dec.vocab_size); fail(t); }
     t->has_teacher = 1;
   }
+}
+
+/* The distillation teacher's weights (spec 4.2): frozen, for no-grad use, with no gradient
+ * buffer; teacher_dtype bf16 keeps them as bf16 (copied from BF16 checkpoints, rounded to nearest
+ * even from F32 ones; model/weights_bf16.h), f32 as f32. */
+static void load_teacher(Trainer *t) {
+  if (!t->has_teacher) return;
+  double t0 = t5g_now();
+  int bf16 = !strcmp(t->tc.teacher_dtype, "bf16");
+  if (model_load_weights(&t->teacher, t->tc.teacher, bf16 ? WEIGHTS_BF16 : WEIGHTS_F32) != 0) fail(t);
+  char b1[32];
+  tlog(t, "teacher: %s (Gemma 2, %.1fM parameters), %s weights (%s) loaded in %.1f s\n", t->tc.teacher,
+       params_count(&t->teacher.ps, NULL) / 1e6, bf16 ? "bf16" : "f32",
+       t5g_fmt_bytes((double)memory_teacher_weights(&t->teacher.cfg, bf16), b1, sizeof b1), t5g_now() - t0);
 }
 
 static void setup_tokenizer(Trainer *t) {
@@ -235,15 +252,26 @@ static void setup_data(Trainer *t) {
 
 /* Teacher targets for distillation (spec 4.2): the decoder-only teacher reads each row's prefix
  * (the encoder's real tokens) followed by its target tokens, in no-grad mode; its distribution at
- * the position before target t is the soft target of the student's row t. Returns k. */
+ * the position before target t is the soft target of the student's row t. Returns k.
+ * Memory, all in the step's arena (model/memory.h "teacher"; nothing is malloc'ed): the targets
+ * ids and probs [B·Td, k] stay until the step's graph_reset (the student's loss reads them
+ * in forward and backward); the teacher's batch, its forward (one layer at a time), the gathered
+ * rows [B·Td, d_T] and lm_head_topk's logits chunk are released before the student's forward. */
 static int teacher_targets(Trainer *t, const Batch *b, int32_t **ids_out, float **probs_out) {
   TrainConfig *tc = &t->tc;
+  Arena *ar = t->g.arena;
   int B = b->B, Te = b->Te, Td = b->Td, L = Te + Td;
-  int64_t V = t->m.cfg.dec.vocab_size;
+  int64_t V = t->m.cfg.dec.vocab_size, d = t->teacher.cfg.dec.hidden_size, N = (int64_t)B * Td, BL = (int64_t)B * L;
   int k = tc->distill_topk > 0 && tc->distill_topk < V ? tc->distill_topk : (int)V;
-  Batch tb;
-  batch_alloc(&tb, B, 0, L, 0);
-  int *plen = t5g_calloc(B, sizeof(int));
+  *ids_out = k < V ? arena_alloc(ar, N * (int64_t)k * sizeof(int32_t)) : NULL;
+  *probs_out = arena_alloc(ar, N * (int64_t)k * sizeof(float));
+  ArenaMark mk = arena_mark(ar);
+  Batch tb = {.B = B, .Te = 0, .Td = L};
+  tb.dec_ids = arena_calloc(ar, BL * sizeof(int32_t));
+  tb.dec_mask = arena_calloc(ar, BL);
+  tb.dec_pos = arena_calloc(ar, BL * sizeof(int32_t));
+  tb.labels = arena_calloc(ar, BL * sizeof(int32_t));
+  int *plen = arena_calloc(ar, B * sizeof(int));
   for (int r = 0; r < B; r++) {
     int p = 0, n = 0;
     for (int i = 0; i < Te; i++) if (b->enc_mask[(int64_t)r * Te + i]) tb.dec_ids[(int64_t)r * L + p++] = b->enc_ids[(int64_t)r * Te + i];
@@ -253,23 +281,18 @@ static int teacher_targets(Trainer *t, const Batch *b, int32_t **ids_out, float 
   }
   int saved = t->g.grad_enabled;
   t->g.grad_enabled = 0;
-  ArenaMark mk = arena_mark(t->g.arena);
   Tensor *h = model_hidden(&t->teacher, &t->g, &tb);
-  int64_t d = t->teacher.cfg.dec.hidden_size, N = (int64_t)B * Td;
-  float *rows = t5g_calloc(N * d, sizeof(float));
+  float *rows = arena_alloc(ar, N * d * sizeof(float));
   for (int r = 0; r < B; r++)
     for (int i = 0; i < Td; i++) {
       int pos = plen[r] - 1 + i;
-      if (b->labels[(int64_t)r * Td + i] == -100 || pos < 0) continue;
-      memcpy(rows + ((int64_t)r * Td + i) * d, h->data + ((int64_t)r * L + pos) * d, d * sizeof(float));
+      float *dst = rows + ((int64_t)r * Td + i) * d;
+      if (b->labels[(int64_t)r * Td + i] == -100 || pos < 0) memset(dst, 0, d * sizeof(float));
+      else memcpy(dst, h->data + ((int64_t)r * L + pos) * d, d * sizeof(float));
     }
-  arena_release(t->g.arena, mk);
+  lm_head_topk(&t->teacher, rows, N, (float)tc->distill_temperature, k, *ids_out, *probs_out, ar);   /* f32 or bf16 head */
+  arena_release(ar, mk);
   t->g.grad_enabled = saved;
-  *ids_out = k < V ? t5g_malloc(N * (int64_t)k * sizeof(int32_t)) : NULL;
-  *probs_out = t5g_malloc(N * (int64_t)k * sizeof(float));
-  logits_topk(rows, N, t->teacher.dec.embed, t->teacher.cfg.dec.final_logit_softcapping, (float)tc->distill_temperature, k, *ids_out, *probs_out);
-  free(rows); free(plen);
-  batch_free(&tb);
   return k;
 }
 
@@ -574,10 +597,9 @@ static int train_step(Trainer *t, double *loss_out, double *gnorm_out, int64_t *
     t->g.dropout_calls = 0;
     LossStats st;
     int32_t *tids = NULL; float *tprobs = NULL;
-    Tensor *loss = micro_loss(t, &t->mb[k], norm, &st, &tids, &tprobs);
+    Tensor *loss = micro_loss(t, &t->mb[k], norm, &st, &tids, &tprobs);   /* teacher targets: in the arena */
     loss_sum += loss->data[0];
     graph_backward(&t->g, loss);
-    free(tids); free(tprobs);
   }
   graph_reset(&t->g);
   dist_allreduce_sum_f64(&loss_sum, 1);
@@ -674,9 +696,11 @@ int cmd_train(int argc, char **argv) {
   setup_data(t);
   int encdec = is_encdec_objective(tc, &t->m);
   int Te = encdec ? obj_enc_len(t->obj) : 0, Td = obj_dec_len(t->obj);
-  /* memory: refuse before allocating activations */
-  MemEstimate me = memory_train(&t->m.cfg, tc->batch_size, Te, Td, tc->recompute, t->world, tc->zero1);
+  /* memory: refuse before allocating activations (and before loading a teacher) */
+  MemEstimate me = memory_train_distill(&t->m.cfg, tc->batch_size, Te, Td, tc->recompute, t->world, tc->zero1,
+                                        t->has_teacher ? &t->teacher_cfg : NULL, !strcmp(tc->teacher_dtype, "bf16"), tc->distill_topk);
   if (memory_check("train", me.total) != 0) fail(t);
+  load_teacher(t);
   /* optimizer */
   AdamWConfig ac;
   adamw_config_default(&ac);

@@ -57,6 +57,7 @@ static const KeyDef keys[] = {
   D(distill_alpha, "0.5", "weight of the teacher's soft targets"),
   D(distill_temperature, "1.0", "distillation temperature"),
   I(distill_topk, "0", "teacher top-k (0 = full distribution)"),
+  S(teacher_dtype, "bf16", "the teacher's weights in memory: bf16 (2 bytes per parameter; exact for bf16 checkpoints) | f32"),
   I(log_every, "10", "steps between progress lines"),
   I(eval_every, "0", "steps between validation losses (0 = only at the end)"),
   I(eval_batches, "8", "validation batches per evaluation"),
@@ -185,6 +186,8 @@ int train_config_validate(const TrainConfig *c) {
   if (c->teacher[0] && strcmp(c->objective, "prefixlm") != 0) return t5g_error("train config: teacher (distillation) is supported with objective prefixlm only");
   if (!(c->distill_alpha >= 0 && c->distill_alpha <= 1)) return t5g_error("train config: distill_alpha must be in [0, 1], found %g", c->distill_alpha);
   if (!(c->distill_temperature > 0)) return t5g_error("train config: distill_temperature must be > 0");
+  if (strcmp(c->teacher_dtype, "bf16") && strcmp(c->teacher_dtype, "f32"))
+    return t5g_error("train config: teacher_dtype must be bf16 or f32, found \"%s\"", c->teacher_dtype);
   return 0;
 }
 

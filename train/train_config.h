@@ -39,6 +39,7 @@ typedef struct TrainConfig {
   char teacher[512];        /* Gemma 2 HF dir; "" = none */
   double distill_alpha, distill_temperature;
   int distill_topk;
+  char teacher_dtype[16];   /* the teacher's weights in memory: bf16 (default) | f32 */
   /* bookkeeping */
   int log_every, eval_every, eval_batches, save_every, keep_last, average_last;
   int max_bad_steps;        /* consecutive non-finite steps before stopping */
