@@ -4,7 +4,7 @@
 # a "san_" prefix; a sanitizer report makes the program fail.
 set -u
 cd "$(dirname "$0")/.."
-progs="test_ops test_ops_attention test_ops_loss test_model test_adapt test_optim test_safetensors test_shards test_objectives test_weights_bf16"
+progs="test_ops test_ops_attention test_ops_loss test_model test_adapt test_optim test_safetensors test_shards test_objectives test_weights_bf16 test_teacher_bf16"
 targets=""; for p in $progs; do [ -f tests/$p.c ] && targets="$targets build-san/tests/$p"; done
 if ! make -s SAN=1 $targets >build-san-make.log 2>&1; then
   echo "FAIL san_build: $(tail -5 build-san-make.log)"; rm -f build-san-make.log; exit 1
