@@ -188,9 +188,14 @@ MemEstimate memory_adapt(const ModelConfig *t) {
 
 int memory_check(const char *what, int64_t need) {
   int64_t avail = t5g_mem_available();
-  if (avail <= 0 || need <= avail) return 0;
-  char a[32], b[32];
-  return t5g_error("%s needs about %s of memory but only %s is available; use a smaller batch or length, "
-                   "recompute=1, bf16 weights, or more ranks (see `t5gemma info MODEL`)",
-                   what, t5g_fmt_bytes((double)need, a, sizeof a), t5g_fmt_bytes((double)avail, b, sizeof b));
+  if (avail <= 0) return 0;
+  int64_t held = t5g_current_rss();
+  if (held > 0) avail += held;
+  if (need <= avail) return 0;
+  char a[32], b[32], c[32];
+  return t5g_error("%s needs about %s of memory but only %s is available (free memory plus the %s this process "
+                   "already holds); use a smaller batch or length, recompute=1, bf16 weights, or more ranks (see "
+                   "`t5gemma info MODEL`)",
+                   what, t5g_fmt_bytes((double)need, a, sizeof a), t5g_fmt_bytes((double)avail, b, sizeof b),
+                   t5g_fmt_bytes((double)(held > 0 ? held : 0), c, sizeof c));
 }

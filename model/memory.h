@@ -55,8 +55,10 @@ MemEstimate memory_generate(const ModelConfig *c, int rows, int prompt_len, int 
 MemEstimate memory_adapt(const ModelConfig *target);
 /* Activation bytes per training step (forward tensors only, no gradients). */
 int64_t memory_activations(const ModelConfig *c, int B, int Te, int Td, int recompute);
-/* Refuse when need > available memory (/proc/meminfo MemAvailable): -1 with a message naming
- * the command, the need and what is available. */
+/* Refuse when need > available memory: MemAvailable (/proc/meminfo) plus what this process
+ * already holds resident (a trainer checks after loading its model: the loaded weights are part of
+ * `need` and no longer part of MemAvailable). -1 with a message naming the command, the need and
+ * what is available. */
 int memory_check(const char *what, int64_t need);
 
 #endif

@@ -477,6 +477,8 @@ cfg_case causal_on_t5gemma 'objective causal trains a decoder-only Gemma 2 model
 cfg_case prefixlm_on_gemma2 'objective prefixlm trains a T5Gemma encoder-decoder, but g2.json is a Gemma 2 model' copy.json model=g2.json
 cfg_case ul2_without_tokenizer 'objective ul2 needs tokenizer' copy.json objective=ul2
 cfg_case missing_data 'needs data' copy.json data=
+# a step whose activations cannot fit in this machine's memory is refused before any step runs
+cfg_case memory 'train needs about' copy.json batch_size=4000000
 
 # keep_last=3 keeps the newest 3 checkpoints; average_last=2 exports the mean of the last two
 # (f32 sum, then x 1/2: exact)
