@@ -14,6 +14,8 @@ void lr_schedule_default(LrSchedule *s) {
   s->min_lr = 0.0;
   s->min_lr_ratio = 0.1;
   s->wsd_decay_frac = 0.1;
+  s->rewarm_at = 0;
+  s->rewarm_steps = 0;
 }
 
 const char *lr_decay_name(LrDecay d) {
@@ -37,6 +39,9 @@ int lr_schedule_check(const LrSchedule *s, const char *source) {
   if (!(s->peak_lr > 0 && isfinite(s->peak_lr))) return t5g_error("%s: lr must be > 0, found %g", src, s->peak_lr);
   if (s->warmup_steps < 0) return t5g_error("%s: warmup_steps must be >= 0, found %lld", src, (long long)s->warmup_steps);
   if (s->total_steps < 0) return t5g_error("%s: total_steps must be >= 0, found %lld", src, (long long)s->total_steps);
+  if (s->rewarm_steps < 0 || s->rewarm_at < 0)
+    return t5g_error("%s: the second warm-up (at step %lld, %lld steps) must have both >= 0", src, (long long)s->rewarm_at,
+                     (long long)s->rewarm_steps);
   if (s->min_lr_ratio < 0 || s->min_lr_ratio > 1)
     return t5g_error("%s: min_lr_ratio must be in [0, 1], found %g", src, s->min_lr_ratio);
   if (s->min_lr < 0 || s->min_lr > s->peak_lr)
@@ -58,8 +63,17 @@ int lr_schedule_check(const LrSchedule *s, const char *source) {
   return 0;
 }
 
+static double lr_base(const LrSchedule *s, int64_t step);
+
 double lr_schedule_lr(const LrSchedule *s, int64_t step) {
   if (step < 0) step = 0;
+  double lr = lr_base(s, step);
+  if (s->rewarm_steps > 0 && step >= s->rewarm_at && step < s->rewarm_at + s->rewarm_steps)
+    lr *= (double)(step - s->rewarm_at + 1) / (double)s->rewarm_steps;
+  return lr;
+}
+
+static double lr_base(const LrSchedule *s, int64_t step) {
   const double peak = s->peak_lr;
   if (step < s->warmup_steps) return peak * (double)(step + 1) / (double)s->warmup_steps;
   if (s->decay == LR_CONSTANT) return peak;

@@ -14,6 +14,13 @@
  *               decay_steps = round(wsd_decay_frac * total_steps) steps, then linear to floor:
  *               lr = peak_lr - (peak_lr - floor) * (step - (total_steps - decay_steps)) / decay_steps
  *   At and after total_steps the decaying schedules stay at the floor.
+ *   rewarm    optional second linear ramp, for parameters that start training late (the unequal
+ *             pair's warm-up trains cross-attention alone, then unfreezes everything, spec 3.1:
+ *             the unfrozen parameters start with fresh AdamW moments, whose first updates are
+ *             ~lr per weight whatever the gradient's size): for rewarm_at <= step < rewarm_at +
+ *             rewarm_steps the lr above is multiplied by (step - rewarm_at + 1) / rewarm_steps.
+ *             rewarm_steps = 0 (default) turns it off. The paper does not say what the learning
+ *             rate does after the warm-up; docs/experiments.md measures both.
  */
 #ifndef T5G_SCHEDULE_H
 #define T5G_SCHEDULE_H
@@ -30,6 +37,8 @@ typedef struct LrSchedule {
   double min_lr;           /* absolute floor, used when min_lr_ratio <= 0 */
   double min_lr_ratio;     /* floor as a fraction of peak_lr (0..1); takes precedence when > 0 */
   double wsd_decay_frac;   /* wsd: fraction of total_steps spent decaying (0..1], default 0.1 */
+  int64_t rewarm_at;       /* >= 0: step at which the second ramp starts */
+  int64_t rewarm_steps;    /* >= 0: its length; 0 = no second ramp (default) */
 } LrSchedule;
 
 /* cosine, peak 1e-4, 100 warm-up steps (spec 4.4), total 10000, floor 0.1 * peak, wsd 0.1. */

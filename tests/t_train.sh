@@ -383,6 +383,14 @@ else
   elif [ "$s34" != "$all" ]; then fail "warmup_cross" "step 4 changed [$s34], expected every tensor [$all]"
   elif ! grep -q "warm-up over at step 3" "$W/warmup.out"; then fail "warmup_cross" "no 'warm-up over at step 3' line"
   else pass "warmup_cross"; fi
+  # warmup_cross_rewarm=2: the lr of updates 4 and 5 (the first two with every tensor training) is
+  # the schedule's times 1/2 and 2/2; copy.json's schedule is a linear warm-up of 20 steps to 5e-3
+  if train warmup_rw copy.json init=unequal model= warmup_cross_steps=3 warmup_cross_rewarm=2 steps=6 log_every=1 \
+       run_dir=wu_rw_run; then
+    got=$(cd "$W" && $PY -c 'import json; print(" ".join("%.6g" % json.loads(l)["lr"] for l in open("wu_rw_run/metrics.jsonl") if "\"lr\"" in l))')
+    want="0.00025 0.0005 0.00075 0.0005 0.00125 0.0015"
+    if [ "$got" = "$want" ]; then pass "warmup_cross_rewarm"; else fail "warmup_cross_rewarm" "lr per step [$got], expected [$want]"; fi
+  else fail "warmup_cross_rewarm" "train failed: $(tailmsg warmup_rw)"; fi
 fi
 
 # ---- 8. distillation ------------------------------------------------------------------------

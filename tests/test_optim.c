@@ -447,6 +447,27 @@ TEST(schedule_key_values) {
   CHECK_NEAR(lr_schedule_lr(&s, 0), 1e-3, 1e-15);     /* no warm-up: starts at peak */
 }
 
+/* The second ramp (after the unequal pair's cross-attention warm-up): the cosine value times
+ * (step - at + 1) / steps inside [at, at + steps), untouched elsewhere. */
+TEST(schedule_rewarm) {
+  LrSchedule s; lr_schedule_default(&s);
+  s.peak_lr = 1e-3; s.warmup_steps = 10; s.total_steps = 110; s.min_lr_ratio = 0.1;
+  LrSchedule r = s;
+  r.rewarm_at = 35; r.rewarm_steps = 4;
+  CHECK(lr_schedule_check(&r, "t") == 0);
+  const double c35 = 1e-4 + 0.45e-3 * (1 + sqrt(0.5));    /* cosine at step 35 (schedule_key_values) */
+  CHECK_NEAR(lr_schedule_lr(&r, 35), c35 * 0.25, 1e-15);
+  CHECK_NEAR(lr_schedule_lr(&r, 36), lr_schedule_lr(&s, 36) * 0.5, 1e-15);
+  CHECK_NEAR(lr_schedule_lr(&r, 38), lr_schedule_lr(&s, 38), 1e-15);   /* last ramp step: factor 1 */
+  for (int64_t t = 0; t < 200; t++)
+    if (t < 35 || t >= 39) CHECK_NEAR(lr_schedule_lr(&r, t), lr_schedule_lr(&s, t), 0);
+  r.rewarm_at = 0; r.rewarm_steps = 0;                   /* off */
+  for (int64_t t = 0; t < 50; t++) CHECK_NEAR(lr_schedule_lr(&r, t), lr_schedule_lr(&s, t), 0);
+  r.rewarm_steps = -1;
+  CHECK(lr_schedule_check(&r, "train.json") == -1);
+  CHECK(strstr(t5g_last_error(), "train.json") && strstr(t5g_last_error(), "second warm-up"));
+}
+
 TEST(schedule_parse_and_check) {
   LrDecay d;
   CHECK(lr_decay_parse("Cosine", &d) == 0 && d == LR_COSINE);

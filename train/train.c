@@ -716,6 +716,10 @@ int cmd_train(int argc, char **argv) {
   t->sched.warmup_steps = tc->warmup_steps;
   t->sched.total_steps = tc->steps > tc->warmup_steps ? tc->steps : tc->warmup_steps + 1;
   t->sched.min_lr_ratio = tc->min_lr_ratio;
+  if (t->warmup_cross > 0 && tc->warmup_cross_rewarm > 0) {   /* fresh moments for the unfrozen parameters */
+    t->sched.rewarm_at = t->warmup_cross;
+    t->sched.rewarm_steps = tc->warmup_cross_rewarm;
+  }
   if (tc->lr > 0 && lr_schedule_check(&t->sched, "train config") != 0) fail(t);
   arena_init(&t->arena, 0);
   graph_init(&t->g, &t->arena);

@@ -52,6 +52,7 @@ static const KeyDef keys[] = {
   S(schedule, "cosine", "cosine | linear | constant"),
   I(decay_embeddings, "0", "1: weight decay on embeddings too"),
   I(warmup_cross_steps, "-1", "cross-attention-only steps (-1: 1000 for unequal pairs, 0 otherwise)"),
+  I(warmup_cross_rewarm, "0", "linear lr ramp of this many steps when the cross-attention warm-up ends (0: none)"),
   F(dropout, "0", "dropout rate"),
   S(teacher, "", "prefixlm distillation: Gemma 2 teacher checkpoint directory"),
   D(distill_alpha, "0.5", "weight of the teacher's soft targets"),
@@ -175,6 +176,7 @@ int train_config_validate(const TrainConfig *c) {
   if (c->eval_every < 0 || c->eval_batches < 0 || c->save_every < 0 || c->keep_last < 0 || c->average_last < 0)
     return t5g_error("train config: eval_every, eval_batches, save_every, keep_last and average_last must be >= 0");
   if (c->max_bad_steps < 1) return t5g_error("train config: max_bad_steps must be >= 1, found %d", c->max_bad_steps);
+  if (c->warmup_cross_rewarm < 0) return t5g_error("train config: warmup_cross_rewarm must be >= 0, found %d", c->warmup_cross_rewarm);
   if (c->warmup_cross_steps < -1) return t5g_error("train config: warmup_cross_steps must be >= 0 (or -1: automatic), found %d", c->warmup_cross_steps);
   if (c->distill_topk < 0) return t5g_error("train config: distill_topk must be >= 0, found %d", c->distill_topk);
   if (c->seq_len < 2 || c->enc_len < 1 || c->dec_len < 1) return t5g_error("train config: seq_len >= 2, enc_len >= 1 and dec_len >= 1 required");

@@ -34,6 +34,7 @@ typedef struct TrainConfig {
   char schedule[16];        /* cosine | linear | constant */
   int decay_embeddings;
   int warmup_cross_steps;   /* unequal pairs: cross-attention only for this many steps (-1: auto) */
+  int warmup_cross_rewarm;  /* lr ramp of this many steps when the cross-attention warm-up ends (0: none) */
   float dropout;
   /* distillation (prefixlm) */
   char teacher[512];        /* Gemma 2 HF dir; "" = none */
