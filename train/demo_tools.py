@@ -21,6 +21,12 @@
       and scores the same M target tokens in both cases. --dataset DIR takes <bos> and <eos> from
       DIR/index.json (the ids recorded by `t5gemma data prepare`).
 
+  demo_tools.py swapctx < windows.jsonl
+      The same windows with mismatched contexts: window i keeps its target and takes the input of
+      window (i + n/2) mod n (another part of the held-out text, same length). Scoring both files
+      measures how much a model uses its context (for a T5Gemma model: its encoder): the loss
+      increase from the right context to a wrong one.
+
   demo_tools.py prompts --words N [--count K] < inspect-output-with-text
       Reads `t5gemma data inspect ... --doc I --tokenizer T` output (lines after "text:") and writes
       K JSON lines {"prompt": the first N words, "reference": the next N words}.
@@ -138,6 +144,16 @@ def cmd_windows(args):
           % (n, te, td, len(docs), len(stream)), file=sys.stderr)
 
 
+def cmd_swapctx(args):
+    wins = [json.loads(line) for line in sys.stdin if line.strip()]
+    n = len(wins)
+    if n < 2:
+        die('swapctx: %d windows on stdin, need at least 2' % n)
+    for i, w in enumerate(wins):
+        print(json.dumps({'input_ids': wins[(i + n // 2) % n]['input_ids'], 'target_ids': w['target_ids']},
+                         separators=(',', ':')))
+
+
 def cmd_prompts(args):
     n = int(opt(args, '--words'))
     k = int(opt(args, '--count', '3'))
@@ -200,7 +216,7 @@ def main():
     if len(sys.argv) < 2 or sys.argv[1] in ('-h', '--help'):
         print(__doc__)
         return
-    cmds = {'paragraphs': cmd_paragraphs, 'windows': cmd_windows, 'prompts': cmd_prompts, 'nll': cmd_nll, 'runinfo': cmd_runinfo}
+    cmds = {'paragraphs': cmd_paragraphs, 'windows': cmd_windows, 'prompts': cmd_prompts, 'swapctx': cmd_swapctx, 'nll': cmd_nll, 'runinfo': cmd_runinfo}
     if sys.argv[1] not in cmds:
         die('unknown command %r (see --help)' % sys.argv[1])
     cmds[sys.argv[1]](sys.argv[2:])

@@ -23,10 +23,14 @@
 #   claim 3  unequal-warmup    adapt --encoder pretrain-large --decoder pretrain-small (random
 #                              cross-attention), 50 cross-attention-only steps (warmup_cross_steps)
 #            unequal-nowarmup  the same pair, warmup_cross_steps=0
+#            unequal-warmup-rewarm  50 warm-up steps, then a 20-step lr ramp for the unfrozen
+#                              parameters (warmup_cross_rewarm=20)
 # Each run's starting point is evaluated on the run's own validation batches (step 0: one step
 # with lr 0) and each final model on the whole validation split (t5gemma eval). Every final model, decoder-only or
 # encoder-decoder, is also scored on the demo's held-out windows (second 128 tokens given the first
-# 128, t5gemma score; heldout.json). Then train/experiments_report.py draws the curves and writes
+# 128, t5gemma score; heldout.json) and on the same targets given another window's first 128
+# tokens (heldout-swapped.json: how much each model uses its context, for T5Gemma its encoder).
+# Then train/experiments_report.py draws the curves and writes
 # demo/experiments/results.md.
 # Finished runs (RUN/hf present) are kept on a re-run; delete demo/experiments/RUN to redo one.
 # Environment: T5G_BIN (default ./t5gemma), DEMO_DIR (default demo), PYTHON (default
@@ -140,23 +144,31 @@ ul2 ul2-causal-encoder "$EXP/init-causal-encoder" warmup_steps=20
 hdr "claim 3: unequal pair, cross-attention warm-up"
 prefixlm unequal-warmup "$EXP/init-unequal" warmup_cross_steps=50
 prefixlm unequal-nowarmup "$EXP/init-unequal" warmup_cross_steps=0
+prefixlm unequal-warmup-rewarm "$EXP/init-unequal" warmup_cross_steps=50 warmup_cross_rewarm=20
 
 hdr "held-out windows: the second 128 tokens given the first 128, every final model"
 NVAL=$("$PY" -c 'import json,sys; print([s["documents"] for s in json.load(open(sys.argv[1]))["splits"] if s["name"] == "val"][0])' "$DATA/index.json")
 docs=(); for ((i = 0; i < NVAL; i++)); do docs+=(--doc "$i"); done
 t5g data inspect "$DATA" --split val "${docs[@]}" \
   | $TOOLS windows --dataset "$DATA" --enc-len 128 --dec-len 128 >"$EXP/heldout-windows.jsonl"
+$TOOLS swapctx <"$EXP/heldout-windows.jsonl" >"$EXP/heldout-swapped.jsonl"
 echo "{" >"$EXP/heldout.json.tmp"
+echo "{" >"$EXP/heldout-swapped.json.tmp"
 sep=""
 for run in pretrain-small pretrain-large decoder-continued adapted scratch-lr1e-3 scratch-lr2e-3 scratch-long \
-           causal-encoder unequal-warmup unequal-nowarmup; do
+           causal-encoder unequal-warmup unequal-nowarmup unequal-warmup-rewarm; do
   t5g score --model "$EXP/$run/hf" --input "$EXP/heldout-windows.jsonl" --output "$EXP/$run/heldout-score.jsonl" 2>/dev/null
   loss=$($TOOLS nll "$EXP/$run/heldout-score.jsonl" | cut -d' ' -f1)
-  echo "$run: $loss"
-  printf '%s  "%s": %s' "$sep" "$run" "$loss" >>"$EXP/heldout.json.tmp"; sep=$',\n'
+  t5g score --model "$EXP/$run/hf" --input "$EXP/heldout-swapped.jsonl" --output "$EXP/$run/heldout-swapped-score.jsonl" 2>/dev/null
+  swapped=$($TOOLS nll "$EXP/$run/heldout-swapped-score.jsonl" | cut -d' ' -f1)
+  echo "$run: $loss (another window's context: $swapped)"
+  printf '%s  "%s": %s' "$sep" "$run" "$loss" >>"$EXP/heldout.json.tmp"
+  printf '%s  "%s": %s' "$sep" "$run" "$swapped" >>"$EXP/heldout-swapped.json.tmp"; sep=$',\n'
 done
 printf '\n}\n' >>"$EXP/heldout.json.tmp"
+printf '\n}\n' >>"$EXP/heldout-swapped.json.tmp"
 mv "$EXP/heldout.json.tmp" "$EXP/heldout.json"
+mv "$EXP/heldout-swapped.json.tmp" "$EXP/heldout-swapped.json"
 
 hdr "report"
 "$PY" train/experiments_report.py "$EXP" "$IMG"

@@ -102,7 +102,8 @@ def main():
         if os.path.exists(os.path.join(exp, run, 'metrics.jsonl')):
             R[run] = load(exp, run)
     need = ['pretrain-small', 'pretrain-large', 'decoder-continued', 'adapted', 'scratch-lr1e-3', 'scratch-lr2e-3', 'scratch-long',
-            'causal-encoder', 'ul2-bidirectional', 'ul2-causal-encoder', 'unequal-warmup', 'unequal-nowarmup']
+            'causal-encoder', 'ul2-bidirectional', 'ul2-causal-encoder', 'unequal-warmup', 'unequal-nowarmup',
+            'unequal-warmup-rewarm']
     missing = [n for n in need if n not in R]
     if missing:
         sys.exit('experiments_report.py: missing runs in %s: %s' % (exp, ', '.join(missing)))
@@ -149,7 +150,7 @@ def main():
     md.append('| run | start (step 0) | val loss @100 | @200 | @300 | final (whole val split) | wall (s) | CPU (s) |')
     md.append('|---|---:|---:|---:|---:|---:|---:|---:|')
     for n in ('adapted', 'scratch-lr1e-3', 'scratch-lr2e-3', 'scratch-long', 'causal-encoder', 'ul2-bidirectional',
-              'ul2-causal-encoder', 'unequal-warmup', 'unequal-nowarmup'):
+              'ul2-causal-encoder', 'unequal-warmup', 'unequal-nowarmup', 'unequal-warmup-rewarm'):
         v = dict(R[n]['val'])
         md.append('| %s | %s | %s | %s | %s | %s | %.0f | %.0f |' % (n, fmt(v.get(0)), fmt(v.get(100)), fmt(v.get(200)), fmt(v.get(300)),
                                                                    fmt(R[n]['final']), R[n]['wall'], R[n]['cpu']))
@@ -173,9 +174,16 @@ def main():
     if os.path.exists(hp):
         with open(hp) as f:
             H = json.load(f)
+        sp = os.path.join(exp, 'heldout-swapped.json')
+        S = {}
+        if os.path.exists(sp):
+            with open(sp) as f:
+                S = json.load(f)
         md.append('### Held-out windows: loss of the second 128 tokens given the first 128 (nats/token)\n')
-        md.append('| model | held-out loss | perplexity |')
-        md.append('|---|---:|---:|')
+        md.append('Last column: the same targets given another window\'s first 128 tokens minus the loss given '
+                  'their own: how much the model uses its context (a T5Gemma model: its encoder).\n')
+        md.append('| model | held-out loss | perplexity | with another window\'s context | context gain |')
+        md.append('|---|---:|---:|---:|---:|')
         names = {'pretrain-small': 'Gemma 2 demo-gemma2, %d causal steps (the start point)' % pre_steps,
                  'pretrain-large': 'Gemma 2 demo-gemma2-large, %d causal steps' % R['pretrain-large']['train'][-1][0],
                  'decoder-continued': 'demo-gemma2 + %d more causal steps' % R['decoder-continued']['train'][-1][0],
@@ -185,9 +193,13 @@ def main():
                  'scratch-long': 'T5Gemma from scratch, %d PrefixLM steps, lr 2e-3' % R['scratch-long']['train'][-1][0],
                  'causal-encoder': 'T5Gemma adapted, causal encoder, %d PrefixLM steps' % R['causal-encoder']['train'][-1][0],
                  'unequal-warmup': 'T5Gemma large encoder + small decoder, warm-up, %d steps' % R['unequal-warmup']['train'][-1][0],
-                 'unequal-nowarmup': 'T5Gemma large encoder + small decoder, no warm-up, %d steps' % R['unequal-nowarmup']['train'][-1][0]}
+                 'unequal-nowarmup': 'T5Gemma large encoder + small decoder, no warm-up, %d steps' % R['unequal-nowarmup']['train'][-1][0],
+                 'unequal-warmup-rewarm': 'T5Gemma large encoder + small decoder, warm-up + lr ramp, %d steps'
+                 % R['unequal-warmup-rewarm']['train'][-1][0]}
         for k, v in H.items():
-            md.append('| %s | %.4f | %.1f |' % (names.get(k, k), v, math.exp(v)))
+            sw = S.get(k)
+            md.append('| %s | %.4f | %.1f | %s | %s |' % (names.get(k, k), v, math.exp(v), '%.4f' % sw if sw is not None else '-',
+                                                       '%.4f' % (sw - v) if sw is not None else '-'))
         md.append('')
 
     # claim 2
@@ -211,12 +223,13 @@ def main():
     plt.close(fig)
 
     # claim 3
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, (ax, az) = plt.subplots(1, 2, figsize=(11, 4.2))
     wsteps = None
     with open(os.path.join(exp, 'unequal-warmup', 'train_config.json')) as f:
         wsteps = json.load(f).get('warmup_cross_steps')
     plot(ax, R['unequal-warmup'], 'unequal, %s cross-attention-only steps' % wsteps, 'C4')
     plot(ax, R['unequal-nowarmup'], 'unequal, no warm-up', 'C5')
+    plot(ax, R['unequal-warmup-rewarm'], 'unequal, warm-up, then a 20-step lr ramp', 'C3')
     plot(ax, R['adapted'], 'balanced small-small (reference)', 'C0', train=False, style='--')
     if wsteps:
         ax.axvline(wsteps, color='gray', lw=0.8, ls=':')
@@ -226,6 +239,19 @@ def main():
     ax.set_ylim(top=8.5)
     ax.grid(alpha=0.3)
     ax.legend()
+    # the same from step 50 on, where the curves are within ~0.1 of each other
+    zs = []
+    for n, lab, col, tr, sty in (('unequal-warmup', 'warm-up', 'C4', True, '-'), ('unequal-nowarmup', 'no warm-up', 'C5', True, '-'),
+                                 ('unequal-warmup-rewarm', 'warm-up + lr ramp', 'C3', True, '-'),
+                                 ('adapted', 'balanced (reference)', 'C0', False, '--')):
+        v = [(st, y) for st, y in R[n]['val'] if st >= 50]
+        zs += [y for _, y in v]
+        az.plot([st for st, _ in v], [y for _, y in v], marker='.', color=col, ls=sty, label=lab)
+    az.set_ylim(min(zs) - 0.02, max(zs) + 0.02)
+    az.set_xlabel('PrefixLM step')
+    az.set_title('validation loss from step 50 (zoomed)')
+    az.grid(alpha=0.3)
+    az.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(img, 'experiments-unequal.png'), dpi=90)
     plt.close(fig)
