@@ -86,8 +86,9 @@ typedef struct Graph {
   TapeNode *nodes;
   int n_nodes, cap_nodes;
   int grad_enabled;         /* 1: record ops; 0: no-grad mode */
-  int profile;              /* 1: accumulate seconds per OpKind into prof_sec */
-  double prof_sec[OPK_COUNT];
+  int profile;              /* 1: accumulate seconds per OpKind into prof_sec and prof_cpu */
+  double prof_sec[OPK_COUNT];   /* wall seconds */
+  double prof_cpu[OPK_COUNT];   /* process CPU seconds (all threads): prof_cpu / prof_sec = cores busy */
   uint64_t dropout_seed;    /* base seed for dropout masks; op_dropout mixes in a per-call counter */
   uint64_t dropout_calls;
   /* Gradient-ready notifications (overlapping the gradient allreduce with backward, issue 9):
@@ -137,7 +138,8 @@ int  tensor_same_shape(const Tensor *a, const Tensor *b);
 const char *tensor_shape_str(const Tensor *t, char *buf, size_t n);  /* "[2, 16, 64]" */
 
 /* Per-op profiling: wrap an op's forward or backward body. */
-#define OP_PROFILE_BEGIN(g) double _t5g_t0 = (g)->profile ? t5g_now() : 0
-#define OP_PROFILE_END(g, kind) do { if ((g)->profile) (g)->prof_sec[kind] += t5g_now() - _t5g_t0; } while (0)
+#define OP_PROFILE_BEGIN(g) double _t5g_t0 = (g)->profile ? t5g_now() : 0, _t5g_c0 = (g)->profile ? t5g_cpu_now() : 0
+#define OP_PROFILE_END(g, kind) do { if ((g)->profile) { (g)->prof_sec[kind] += t5g_now() - _t5g_t0; \
+                                                       (g)->prof_cpu[kind] += t5g_cpu_now() - _t5g_c0; } } while (0)
 
 #endif

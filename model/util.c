@@ -147,6 +147,7 @@ char *t5g_path_join(const char *a, const char *b) {
 }
 
 double t5g_now(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec + ts.tv_nsec * 1e-9; }
+double t5g_cpu_now(void) { struct timespec ts; clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts); return ts.tv_sec + ts.tv_nsec * 1e-9; }
 int64_t t5g_peak_rss(void) { struct rusage ru; getrusage(RUSAGE_SELF, &ru); return (int64_t)ru.ru_maxrss * 1024; }
 int64_t t5g_current_rss(void) {
   FILE *f = fopen("/proc/self/statm", "r");

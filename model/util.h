@@ -61,6 +61,9 @@ char *t5g_path_join(const char *a, const char *b); /* malloc'ed "a/b" */
 
 /* Monotonic wall-clock seconds. */
 double t5g_now(void);
+/* CPU seconds used so far by the whole process, all threads (CLOCK_PROCESS_CPUTIME_ID: the
+ * scheduler's exact run times, not tick samples). */
+double t5g_cpu_now(void);
 /* Peak resident set size of this process in bytes (from getrusage). */
 int64_t t5g_peak_rss(void);
 /* Current resident set size in bytes (from /proc/self/statm). */

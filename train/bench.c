@@ -344,26 +344,28 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
 
   const double flops = 3.0 * config_flops_per_example(&c, Te, Td) * B;
   const int64_t tokens = (int64_t)B * (Te + Td);
-  double sum_t = 0, min_t = 1e30, prof[OPK_COUNT] = {0}, sum_fb = 0, sum_opt = 0, sum_cpu = 0;
+  double sum_t = 0, min_t = 1e30, prof[OPK_COUNT] = {0}, prof_cpu[OPK_COUNT] = {0}, sum_fb = 0, sum_opt = 0, sum_cpu = 0;
   float loss_v = 0;
   printf("%s: %.1f M parameters, %lld tokens per step, %.1f GFLOP per step\n", tc->name, m.ps.n_total / 1e6,
          (long long)tokens, flops / 1e9);
   fflush(stdout);
   for (int it = 0; it < o->warmup + o->steps; it++) {
     memset(g.prof_sec, 0, sizeof g.prof_sec);
+    memset(g.prof_cpu, 0, sizeof g.prof_cpu);
     double t0 = t5g_now(), c0 = cpu_seconds();
     graph_reset(&g);
     LossStats st;
     Tensor *loss = model_loss(&m, &g, &b, (float)b.n_targets, &st, NULL, NULL);
     loss_v = loss->data[0];
     graph_backward(&g, loss);
-    double t1 = t5g_now();
+    double t1 = t5g_now(), c1 = t5g_cpu_now();
     int nonfinite = 0;
     adamw_clip_grad_norm(&m.ps, ac.max_grad_norm, &nonfinite);
     if (!nonfinite) adamw_step(&opt, &m.ps, 1e-4);
     params_zero_grad(&m.ps);
     double t2 = t5g_now(), dcpu = cpu_seconds() - c0;
     g.prof_sec[OPK_OPTIMIZER] += t2 - t1;
+    g.prof_cpu[OPK_OPTIMIZER] += t5g_cpu_now() - c1;
     double dt = t2 - t0;
     printf("  %s step %d%s: %.3f s (forward+backward %.3f s, optimizer %.3f s), loss %.4f, RSS %.0f MiB (peak %.0f)\n", tc->name,
            it + 1, it < o->warmup ? " (warm-up)" : "", dt, t1 - t0, t2 - t1, loss_v, t5g_current_rss() / 1048576.0,
@@ -372,7 +374,7 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
     if (it < o->warmup) continue;
     sum_t += dt; sum_fb += t1 - t0; sum_opt += t2 - t1; sum_cpu += dcpu;
     if (dt < min_t) min_t = dt;
-    for (int k = 0; k < OPK_COUNT; k++) prof[k] += g.prof_sec[k];
+    for (int k = 0; k < OPK_COUNT; k++) { prof[k] += g.prof_sec[k]; prof_cpu[k] += g.prof_cpu[k]; }
   }
   graph_reset(&g);
   const int ns = o->steps;
@@ -430,6 +432,14 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
   double in_ops = 0;
   for (int k = 0; k < OPK_COUNT; k++) { cJSON_AddNumberToObject(pj, op_kind_names[k], prof[k] / ns); in_ops += prof[k] / ns; }
   cJSON_AddNumberToObject(pj, "other", step_s - in_ops);
+  /* cores busy per kind of work (CPU seconds of all threads / wall seconds): where a core idles */
+  cJSON *cj = cJSON_AddObjectToObject(root, "profile_cores");
+  double cpu_ops = 0;
+  for (int k = 0; k < OPK_COUNT; k++) {
+    if (prof[k] > 0) cJSON_AddNumberToObject(cj, op_kind_names[k], prof_cpu[k] / prof[k]);
+    cpu_ops += prof_cpu[k] / ns;
+  }
+  if (step_s - in_ops > 1e-6) cJSON_AddNumberToObject(cj, "other", (cpu_s - cpu_ops) / (step_s - in_ops));
   printf("%s: %.3f s/step, %.0f tokens/s, %.1f GFLOP/s = MFU %.1f%% of %.1f (by CPU time %.1f%% of %.1f; %.0f%% of %d cores); "
          "peak RSS %.0f MiB (arena %.0f MiB, predicted %.0f MiB)\n",
          tc->name, step_s, tokens / step_s, flops / step_s / 1e9, 100 * flops / step_s / 1e9 / ceiling, ceiling,
@@ -438,6 +448,10 @@ static int bench_train(const BenchOpts *o, const TrainCase *tc) {
   printf("  split:");
   for (int k = 0; k < OPK_COUNT; k++) if (prof[k] > 0) printf(" %s %.3f", op_kind_names[k], prof[k] / ns);
   printf(" other %.3f s\n", step_s - in_ops);
+  printf("  cores busy:");
+  for (int k = 0; k < OPK_COUNT; k++) if (prof[k] > 0) printf(" %s %.2f", op_kind_names[k], prof_cpu[k] / prof[k]);
+  if (step_s - in_ops > 1e-6) printf(" other %.2f", (cpu_s - cpu_ops) / (step_s - in_ops));
+  printf("\n");
   snprintf(fn, sizeof fn, "%s.json", tc->name);
   int rc = write_json(o, fn, root);
   cJSON_Delete(root);
