@@ -287,23 +287,27 @@ static int put_adamw_config(Ckpt *c, hid_t g, const AdamWConfig *cfg, int64_t op
   return 0;
 }
 
-int ckpt_put_moments(Ckpt *c, const ParamStore *ps, const float *m, const float *v, const int64_t *entry_step,
-                     int64_t opt_step, const AdamWConfig *cfg) {
+int ckpt_put_moment(Ckpt *c, const ParamStore *ps, int which, const float *buf, const int64_t *entry_step,
+                    int64_t opt_step, const AdamWConfig *cfg) {
   hid_t g = group_open_or_create(c, "/optimizer");
   if (g < 0) return wfail(c);
-  int rc = put_adamw_config(c, g, cfg, opt_step);
-  hid_t gm = rc ? -1 : group_open_or_create(c, "/optimizer/m");
-  hid_t gv = gm < 0 ? -1 : group_open_or_create(c, "/optimizer/v");
-  if (gm < 0 || gv < 0) rc = -1;
+  const char *name = which == 0 ? "/optimizer/m" : "/optimizer/v";
+  int rc = which == 0 ? put_adamw_config(c, g, cfg, opt_step) : 0;
+  hid_t gm = rc ? -1 : group_open_or_create(c, name);
+  if (gm < 0) rc = -1;
   for (int i = 0; i < ps->n && rc == 0; i++) {
     const ParamEntry *e = &ps->e[i];
-    rc = write_entry_f32(c, gm, "/optimizer/m", e, m + e->offset, 1, entry_step[i]);
-    if (rc == 0) rc = write_entry_f32(c, gv, "/optimizer/v", e, v + e->offset, 0, 0);
+    rc = write_entry_f32(c, gm, name, e, buf + e->offset, which == 0, which == 0 ? entry_step[i] : 0);
   }
-  if (gv >= 0) H5Gclose(gv);
   if (gm >= 0) H5Gclose(gm);
   H5Gclose(g);
   return rc ? wfail(c) : 0;
+}
+
+int ckpt_put_moments(Ckpt *c, const ParamStore *ps, const float *m, const float *v, const int64_t *entry_step,
+                     int64_t opt_step, const AdamWConfig *cfg) {
+  if (ckpt_put_moment(c, ps, 0, m, entry_step, opt_step, cfg) != 0) return -1;
+  return ckpt_put_moment(c, ps, 1, v, entry_step, opt_step, cfg);
 }
 
 int ckpt_put_adamw(Ckpt *c, const ParamStore *ps, const AdamW *opt) {

@@ -78,6 +78,11 @@ int ckpt_put_params(Ckpt *c, const ParamStore *ps);
  * ignored); entry_step has ps->n counts; opt_step is AdamW.step; cfg the AdamW settings. */
 int ckpt_put_moments(Ckpt *c, const ParamStore *ps, const float *m, const float *v,
                      const int64_t *entry_step, int64_t opt_step, const AdamWConfig *cfg);
+/* One of the two: which = 0 writes /optimizer/m (with the per-entry steps) and the AdamW settings,
+ * which = 1 writes /optimizer/v; buf has ps->n_total floats. Lets a ZeRO-1 rank 0 gather and write
+ * one moment at a time through a single full-size buffer. */
+int ckpt_put_moment(Ckpt *c, const ParamStore *ps, int which, const float *buf, const int64_t *entry_step,
+                    int64_t opt_step, const AdamWConfig *cfg);
 /* /optimizer from a state covering the whole buffer (single process). A sliced state is refused:
  * gather the slices into full-size buffers and call ckpt_put_moments. */
 int ckpt_put_adamw(Ckpt *c, const ParamStore *ps, const AdamW *opt);

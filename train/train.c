@@ -357,24 +357,30 @@ static int save_checkpoint(Trainer *t) {
   int64_t *all = t5g_calloc((size_t)t->world * OBJ_STATE_LEN, sizeof(int64_t));
   memcpy(all + (int64_t)t->rank * OBJ_STATE_LEN, st.v, sizeof st.v);
   dist_allreduce_sum_i64(all, t->world * OBJ_STATE_LEN);
-  /* optimizer moments: gathered to rank 0 under ZeRO-1. The first moments land in the gradient
-   * buffer (free between steps: train_step zeroes it before use), so rank 0 needs 4 bytes per
-   * parameter more while saving (the second moments), not 8. */
-  float *m = NULL, *v = NULL;
+  /* optimizer moments: under ZeRO-1 each rank holds a slice; they are gathered to rank 0 one
+   * moment at a time into the gradient buffer (free between steps: train_step zeroes it before
+   * use) and written from there, so saving needs no memory beyond the training state. Every rank
+   * takes part in both gathers whatever happens on rank 0 (they are collective). */
   int zero = tc->zero1 && t->world > 1;
-  if (zero) {
-    if (t->rank == 0) { m = t->m.ps.grad; v = t5g_alloc_aligned(t->m.ps.n_total * sizeof(float)); }
-    dist_gather_slices(t->opt.m, m, t->m.ps.n_total);
-    dist_gather_slices(t->opt.v, v, t->m.ps.n_total);
-  }
   int rc = 0;
+  Ckpt *c = NULL;
+  char *path = NULL;
   if (t->rank == 0) {
-    char *path = ckpt_path_for_step(tc->run_dir, t->step);
-    Ckpt *c = ckpt_create(path, t->step);
+    path = ckpt_path_for_step(tc->run_dir, t->step);
+    c = ckpt_create(path, t->step);
+    rc = !c || ckpt_put_params(c, &t->m.ps);
+  }
+  if (zero) {
+    for (int which = 0; which < 2; which++) {
+      dist_gather_slices(which == 0 ? t->opt.m : t->opt.v, t->rank == 0 ? t->m.ps.grad : NULL, t->m.ps.n_total);
+      if (t->rank == 0 && !rc)
+        rc = ckpt_put_moment(c, &t->m.ps, which, t->m.ps.grad, t->opt.entry_step, t->opt.step, &t->opt.cfg) != 0;
+    }
+  }
+  if (t->rank == 0) {
     char *tjs = train_config_to_json(tc), *mjs = config_to_json(&t->m.cfg);
     int64_t counters[4] = {t->bad_in_row, t->bad_total, t->world, zero};
-    rc = !c || ckpt_put_params(c, &t->m.ps) ||
-         (zero ? ckpt_put_moments(c, &t->m.ps, m, v, t->opt.entry_step, t->opt.step, &t->opt.cfg) : ckpt_put_adamw(c, &t->m.ps, &t->opt)) ||
+    rc = rc || (!zero && ckpt_put_adamw(c, &t->m.ps, &t->opt)) ||
          ckpt_put_schedule(c, &t->sched) || ckpt_put_i64s(c, "objective_states", all, (int64_t)t->world * OBJ_STATE_LEN) ||
          ckpt_put_i64s(c, "counters", counters, 4) || ckpt_put_str(c, CKPT_TRAIN_CONFIG, tjs) ||
          ckpt_put_str(c, CKPT_MODEL_CONFIG, mjs) || ckpt_put_tokenizer_id(c, t->tok_hash, t->tok_vocab);
@@ -382,11 +388,12 @@ static int save_checkpoint(Trainer *t) {
     else rc = ckpt_commit(c);
     if (rc == 0 && tc->keep_last > 0) rc = ckpt_prune(tc->run_dir, tc->keep_last) < 0;   /* returns the files deleted */
     if (rc == 0) tlog(t, "checkpoint: %s\n", path);
-    free(path); free(tjs); free(mjs);
+    free(tjs); free(mjs);
   }
+  free(path);
   int64_t r64 = rc ? 1 : 0;
   dist_allreduce_sum_i64(&r64, 1);
-  free(all); free(v);
+  free(all);
   if (r64 && t->rank != 0) t5g_error("checkpoint failed on rank 0");
   return r64 ? -1 : 0;
 }
