@@ -704,6 +704,22 @@ double config_flops_per_token(const StackConfig *s, int T, int causal, int cross
   return stack_flops(s, T, causal, cross_T, causal != 0);
 }
 
+void config_flops_parts(const ModelConfig *c, int Te, int Td, double *enc, double *dec, double *head, double *cross_w) {
+  const StackConfig *d = &c->dec;
+  *head = 2.0 * d->vocab_size * d->hidden_size;
+  *cross_w = 0;
+  if (c->kind == MODEL_GEMMA2) {
+    *enc = 0;
+    *dec = (double)Td * stack_flops(d, Td, 1, 0, 0);
+    return;
+  }
+  double kv = 2.0 * 2 * (double)d->num_key_value_heads * d->head_dim * c->enc.hidden_size * d->num_hidden_layers;
+  *enc = Te > 0 ? (double)Te * (stack_flops(&c->enc, Te, c->encoder_causal, 0, 0) + kv) : 0;
+  *dec = (double)Td * stack_flops(d, Td, 1, Te, 0);
+  if (Te > 0)
+    *cross_w = (double)Te * kv + (double)Td * d->num_hidden_layers * 2.0 * 2 * (double)d->num_attention_heads * d->head_dim * d->hidden_size;
+}
+
 double config_flops_per_example(const ModelConfig *c, int Te, int Td) {
   if (c->kind == MODEL_GEMMA2) return (double)Td * stack_flops(&c->dec, Td, 1, 0, 1);
   double kv = 2.0 * 2 * (double)c->dec.num_key_value_heads * c->dec.head_dim * c->enc.hidden_size * c->dec.num_hidden_layers;

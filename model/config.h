@@ -87,5 +87,11 @@ double config_flops_per_token(const StackConfig *s, int T, int causal, int cross
  * projections of the encoder output (counted per encoder token). The accounting is written out
  * in model/config.c. */
 double config_flops_per_example(const ModelConfig *c, int Te, int Td);
+/* The same forward FLOPs in parts, for the work a step actually does: *enc the encoder (with the
+ * cross-attention K/V projections of its output), *dec the decoder stack without the LM head,
+ * *head the LM head per decoder token (2·V·d), *cross_w the forward FLOPs of the cross-attention
+ * projections alone (q/o per decoder token, k/v per encoder token), which equal their weight
+ * gradients' FLOPs. per_example = enc + dec + Td·head. Gemma 2: enc = cross_w = 0. */
+void config_flops_parts(const ModelConfig *c, int Te, int Td, double *enc, double *dec, double *head, double *cross_w);
 
 #endif

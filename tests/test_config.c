@@ -165,9 +165,21 @@ TEST(flops_per_token) {
   double enc_layer = 2.0 * (2 * 96 * 96 + 2 * 48 * 96 + 3 * 96 * 192);
   double enc_tok = 6 * enc_layer + 3 * 4 * 96 * brute_keys(10, 0, 8) + 3 * 4 * 96 * brute_keys(10, 0, 0);
   CHECK_NEAR(config_flops_per_example(&c, 10, 6), 10 * (enc_tok + 49152) + 6 * dec_tok, 1e-3);
+  /* the parts: encoder (with cross K/V), decoder stack without the head, head per token, and the
+   * cross-attention projections alone (k/v per encoder token, q/o per decoder token) */
+  double pe, pd, ph, pw;
+  config_flops_parts(&c, 10, 6, &pe, &pd, &ph, &pw);
+  CHECK_NEAR(pe, 10 * (enc_tok + 49152), 1e-3);
+  CHECK_NEAR(pd, 6 * (dec_tok - 65536), 1e-3);
+  CHECK_NEAR(ph, 65536, 1e-9);
+  CHECK_NEAR(pw, 10 * 49152 + 6 * 4 * 16384, 1e-6);
+  CHECK_NEAR(pe + pd + 6 * ph, config_flops_per_example(&c, 10, 6), 1e-3);
   /* gemma2 example = Td tokens */
   CHECK(config_resolve("tiny-gemma2", &c) == 0);
   CHECK_NEAR(config_flops_per_example(&c, 0, 4), 4 * (4 * (73728 + 640) + 65536), 1e-6);
+  config_flops_parts(&c, 0, 4, &pe, &pd, &ph, &pw);
+  CHECK(pe == 0 && pw == 0);
+  CHECK_NEAR(pd + 4 * ph, config_flops_per_example(&c, 0, 4), 1e-6);
   /* big model sanity: 2B decoder-only, ~2 * params per token plus attention */
   CHECK(config_resolve("gemma-2-2b", &c) == 0);
   double f = config_flops_per_token(&c.dec, 1, 1, 0);

@@ -71,8 +71,7 @@ typedef struct Trainer {
   int rank, world;
   FILE *metrics, *log;
   double gemm_gflops;
-  double flops_per_example;
-  int Td;   /* decoder length of every batch (for step_flops) */
+  int Te, Td;   /* encoder / decoder length of every batch (for step_flops) */
   double t_start;
   int64_t tokens_since_log;
   double time_since_log;
@@ -532,13 +531,17 @@ static void set_warmup(Trainer *t) {
   }
 }
 
-/* Model FLOPs of `rows` examples with `targets` labelled tokens, forward + backward (2x forward):
- * the LM head runs on labelled rows only (op_softcap_ce gathers them), so its 2·V·d per token is
- * counted per target, the rest per example (model/config.c's accounting). */
-static double step_flops(Trainer *t, int64_t rows, int64_t targets) {
-  const StackConfig *d = &t->m.cfg.dec;
-  double head = 2.0 * d->vocab_size * d->hidden_size;
-  return 3.0 * ((t->flops_per_example - head * t->Td) * (double)rows + head * (double)targets);
+/* Model FLOPs of `rows` examples with `targets` labelled tokens, forward + backward (2x forward),
+ * model/config.c's accounting: the LM head runs on labelled rows only (op_softcap_ce gathers
+ * them), so its 2·V·d per token is counted per target. During the cross-attention-only warm-up
+ * the step does less: the forward, the decoder's activation gradients (1x its forward; the frozen
+ * encoder gets none) and the cross-attention projections' weight gradients, and for the LM head
+ * the forward and dh but no dE. */
+static double step_flops(Trainer *t, int64_t rows, int64_t targets, int warmup) {
+  double enc, dec, head, cross_w;
+  config_flops_parts(&t->m.cfg, t->Te, t->Td, &enc, &dec, &head, &cross_w);
+  if (warmup) return (enc + 2.0 * dec + cross_w) * (double)rows + 2.0 * head * (double)targets;
+  return 3.0 * ((enc + dec) * (double)rows + head * (double)targets);
 }
 
 /* Backward hook: [lo, hi) of the flat gradient is final on this rank; start its allreduce. */
@@ -744,15 +747,15 @@ int cmd_train(int argc, char **argv) {
   }
   /* everything identical on every rank from here */
   if (!dist_same_u64(weights_checksum(&t->m.ps))) { t5g_error("train: weights differ across ranks at start"); fail(t); }
-  t->gemm_gflops = t5g_sgemm_gflops(1024, 1024, 1024);
-  t->flops_per_example = config_flops_per_example(&t->m.cfg, Te, Td);
+  t->gemm_gflops = t5g_sgemm_gflops_cpu(1024, 1024, 1024);   /* MFU's denominator: robust to a loaded start */
+  t->Te = Te;
   t->Td = Td;
   ParamCounts pc = config_param_counts(&t->m.cfg);
   char b1[32], b2[32];
   tlog(t, "train: %s, %s, %.1fM parameters (%.1fM trainable), objective %s, %d rank(s) x %d thread(s), OpenBLAS %s\n",
        tc->init[0] ? tc->init : tc->model, t->m.cfg.kind == MODEL_T5GEMMA ? "T5Gemma" : "Gemma 2", pc.total / 1e6,
        params_count_trainable(&t->m.ps) / 1e6, tc->objective, t->world, t5g_threads(), t5g_blas_core());
-  tlog(t, "train: batch %d x %d micro-batch(es) x %d rank(s), lengths enc %d dec %d, %d steps, lr %g (%s, warm-up %d), predicted memory %s per rank, sgemm %.0f GFLOP/s\n",
+  tlog(t, "train: batch %d x %d micro-batch(es) x %d rank(s), lengths enc %d dec %d, %d steps, lr %g (%s, warm-up %d), predicted memory %s per rank, sgemm peak %.0f GFLOP/s (MFU = model FLOPs / time / this)\n",
        tc->batch_size, tc->grad_accum, t->world, Te, Td, tc->steps, tc->lr, tc->schedule, tc->warmup_steps,
        t5g_fmt_bytes((double)me.total, b1, sizeof b1), t->gemm_gflops);
   if (t->rank == 0) {
@@ -764,7 +767,7 @@ int cmd_train(int argc, char **argv) {
   t5g_signals_install();
   t->t_start = t5g_now();
   double t_last = t5g_now();   /* start of the logging interval; validation and saving are excluded */
-  int64_t rows_since = 0, steps_since = 0, targets_since = 0;
+  int64_t rows_since = 0, steps_since = 0, targets_since = 0, rows_warm = 0, targets_warm = 0;   /* warm: in the warm-up */
   int stop = 0;
   while (t->step < tc->steps && !stop) {
     double loss, gnorm;
@@ -792,11 +795,16 @@ int cmd_train(int argc, char **argv) {
     rows_since += (int64_t)tc->batch_size * tc->grad_accum * t->world;
     steps_since++;
     targets_since += targets;
+    if (t->step <= t->warmup_cross) {   /* this step trained cross-attention alone */
+      rows_warm += (int64_t)tc->batch_size * tc->grad_accum * t->world;
+      targets_warm += targets;
+    }
     int last = t->step == tc->steps;
     if (t->step % tc->log_every == 0 || last || t->step == 1) {
       double now = t5g_now(), dt = now - t_last;
       double tps = t->tokens_since_log / dt;
-      double mfu = step_flops(t, rows_since, targets_since) / dt / (t->gemm_gflops * 1e9 * t->world);
+      double mfu = (step_flops(t, rows_since - rows_warm, targets_since - targets_warm, 0) +
+                    step_flops(t, rows_warm, targets_warm, 1)) / dt / (t->gemm_gflops * 1e9 * t->world);
       double eta = (now - t->t_start) / (double)t->step * (double)(tc->steps - t->step);
       tlog(t, "step %6lld/%d  loss %.4f  lr %.3g  gnorm %.3g  %.0f tok/s  MFU %.1f%%  %.1fs/step  left %s\n",
            (long long)t->step, tc->steps, loss, lr, gnorm, tps, 100 * mfu, dt / (double)steps_since,
@@ -814,6 +822,7 @@ int cmd_train(int argc, char **argv) {
       rows_since = 0;
       steps_since = 0;
       targets_since = 0;
+      rows_warm = targets_warm = 0;
     }
     if ((tc->eval_every > 0 && t->step % tc->eval_every == 0) || last) {
       int64_t nt;
