@@ -3,6 +3,7 @@
 #include "model/util.h"
 #include <cblas.h>
 #include <cpuid.h>
+#include <errno.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,13 +79,46 @@ static int core_is_pre_avx(const char *core) {
   return 0;
 }
 
+int t5g_threads_max(void) {
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  if (cores < 1) cores = 1;
+  return cores * 4 < T5G_THREADS_CAP ? (int)(cores * 4) : T5G_THREADS_CAP;
+}
+
+/* Parse a thread count given by `what` ("--threads" or "OMP_NUM_THREADS"): a positive decimal
+ * integer no larger than t5g_threads_max(). OMP_NUM_THREADS may be a nesting list ("8,2"): its
+ * first entry is the count. Prints the error and exits 2 on anything else. */
+static int parse_thread_count(const char *what, const char *s, int env) {
+  char buf[64];
+  snprintf(buf, sizeof buf, "%s", s);
+  if (env) buf[strcspn(buf, ",")] = 0;
+  char *end = NULL;
+  errno = 0;
+  long v = strtol(buf, &end, 10);
+  const int max = t5g_threads_max();
+  if (!buf[0] || end == buf || *end || errno == ERANGE) {
+    fprintf(stderr, "t5gemma: %s: expected a positive integer number of threads (1 to %d), found '%s'\n", what, max, s);
+    exit(2);
+  }
+  if (v < 1 || v > max) {
+    fprintf(stderr, "t5gemma: %s: %s threads is out of range: 1 to %d on this machine (4 x %ld cores, at most %d)\n",
+            what, s, max, sysconf(_SC_NPROCESSORS_ONLN), T5G_THREADS_CAP);
+    exit(2);
+  }
+  return (int)v;
+}
+
 static void parse_threads_arg(int *argc, char ***argv) {
   char **av = *argv;
   int w = 1;
   for (int r = 1; r < *argc; r++) {
     const char *a = av[r];
-    if (strcmp(a, "--threads") == 0 && r + 1 < *argc) { g_threads = atoi(av[++r]); continue; }
-    if (strncmp(a, "--threads=", 10) == 0) { g_threads = atoi(a + 10); continue; }
+    if (strcmp(a, "--threads") == 0) {
+      if (r + 1 >= *argc) { fprintf(stderr, "t5gemma: --threads needs a value (1 to %d)\n", t5g_threads_max()); exit(2); }
+      g_threads = parse_thread_count("--threads", av[++r], 0);
+      continue;
+    }
+    if (strncmp(a, "--threads=", 10) == 0) { g_threads = parse_thread_count("--threads", a + 10, 0); continue; }
     if (strcmp(a, "--") == 0) { while (r < *argc) av[w++] = av[r++]; break; }
     av[w++] = av[r];
   }
@@ -131,7 +165,7 @@ void t5g_runtime_init(int *argc, char ***argv) {
   parse_threads_arg(argc, argv);
   if (g_threads <= 0) {
     const char *e = getenv("OMP_NUM_THREADS");
-    g_threads = e ? atoi(e) : 0;
+    g_threads = e && e[0] ? parse_thread_count("OMP_NUM_THREADS", e, 1) : 0;
   }
   if (g_threads <= 0) g_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
   if (g_threads <= 0) g_threads = 1;
@@ -142,6 +176,10 @@ int t5g_threads(void) { return g_threads > 0 ? g_threads : 1; }
 
 void t5g_set_threads(int n) {
   if (n < 1) n = 1;
+  if (n > t5g_threads_max()) {   /* libgomp cannot start (and crashes on) absurd team sizes */
+    fprintf(stderr, "t5gemma: warning: %d threads is more than this machine allows (%d); using %d\n", n, t5g_threads_max(), t5g_threads_max());
+    n = t5g_threads_max();
+  }
   g_threads = n;
   omp_set_num_threads(n);
   openblas_set_num_threads(n);

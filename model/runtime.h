@@ -10,7 +10,11 @@
  * start-up act as if OpenBLAS had detected NAME (to test the fix where detection is right).
  *
  * Threads: one knob. T5G threads = --threads N, else OMP_NUM_THREADS, else all cores. It sets
- * both OpenMP and OpenBLAS. An op that calls BLAS inside its own OpenMP parallel region brackets
+ * both OpenMP and OpenBLAS. The count must be an integer from 1 to t5g_threads_max() = 4 x the
+ * online cores, at most T5G_THREADS_CAP (1024): anything else (a non-number, 0, -1, 100000) is a
+ * usage error (exit 2) naming the source. Oversubscribing more than 4x only slows every kernel
+ * down, and libgomp crashes (SIGSEGV in GOMP_parallel) when a team of ~100000 threads cannot be
+ * created. An op that calls BLAS inside its own OpenMP parallel region brackets
  * the region with t5g_blas_single() / t5g_blas_restore(), so there are never OpenBLAS threads
  * inside OpenMP threads (no oversubscription).
  */
@@ -22,7 +26,11 @@
 void t5g_runtime_init(int *argc, char ***argv);
 
 int  t5g_threads(void);
+/* Set the thread count; n < 1 means 1, n > t5g_threads_max() is lowered to it with a warning. */
 void t5g_set_threads(int n);
+#define T5G_THREADS_CAP 1024
+/* Largest accepted thread count: min(4 x online cores, T5G_THREADS_CAP). */
+int  t5g_threads_max(void);
 void t5g_blas_single(void);
 void t5g_blas_restore(void);
 
