@@ -561,7 +561,7 @@ static void writer_free(StWriter *w) {
 
 void st_writer_abort(StWriter *w) {
   if (!w) return;
-  for (int i = 0; i < w->n_files; i++) if (w->f[i].tmp) unlink(w->f[i].tmp);
+  for (int i = 0; i < w->n_files; i++) if (w->f[i].tmp) t5g_tmp_unlink(w->f[i].tmp);
   writer_free(w);
 }
 
@@ -608,6 +608,7 @@ int st_writer_finish(StWriter *w) {
     WFile *f = &w->f[i];
     if (t5g_rename_durable(f->tmp, f->path)) { st_writer_abort(w); return -1; }
     free(f->tmp); f->tmp = NULL;
+    t5g_remove_stale_tmps(f->path);   /* "<shard>.tmp.<pid>" of earlier writers killed mid-write */
   }
   char fn[512];
   snprintf(fn, sizeof fn, "%s.safetensors.index.json", w->prefix);

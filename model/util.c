@@ -1,6 +1,9 @@
 #define _GNU_SOURCE
 #include "model/util.h"
+#include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,17 +69,124 @@ char *t5g_read_file(const char *path, size_t *len) {
   return buf;
 }
 
+/* ---- Registry of temporaries being written (removed by the signal handler) ---------------------
+ * Fixed-size slots so that the handler touches no allocator and no lock: a slot's path is written
+ * before its flag is set (release) and the flag is cleared before the slot is reused. A program
+ * writes at most a few temporaries at once (one per safetensors shard of a save, one checkpoint,
+ * one small JSON); when all slots are busy the file is simply not registered. */
+#define TMP_SLOTS 64
+#define TMP_PATH_MAX 4096
+static char g_tmp_path[TMP_SLOTS][TMP_PATH_MAX];
+static volatile sig_atomic_t g_tmp_used[TMP_SLOTS];
+static pthread_mutex_t g_tmp_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void t5g_tmp_register(const char *tmp) {
+  if (strlen(tmp) >= TMP_PATH_MAX) return;
+  pthread_mutex_lock(&g_tmp_mu);
+  for (int i = 0; i < TMP_SLOTS; i++)
+    if (!g_tmp_used[i]) {
+      strcpy(g_tmp_path[i], tmp);
+      __atomic_store_n(&g_tmp_used[i], 1, __ATOMIC_RELEASE);
+      break;
+    }
+  pthread_mutex_unlock(&g_tmp_mu);
+}
+
+void t5g_tmp_forget(const char *tmp) {
+  pthread_mutex_lock(&g_tmp_mu);
+  for (int i = TMP_SLOTS - 1; i >= 0; i--)
+    if (g_tmp_used[i] && strcmp(g_tmp_path[i], tmp) == 0) { __atomic_store_n(&g_tmp_used[i], 0, __ATOMIC_RELEASE); break; }
+  pthread_mutex_unlock(&g_tmp_mu);
+}
+
+void t5g_tmp_unlink(const char *tmp) {
+  unlink(tmp);
+  t5g_tmp_forget(tmp);
+}
+
+static void put_err(const char *s) { ssize_t r = write(2, s, strlen(s)); (void)r; }
+
+int t5g_tmp_remove_all(int sig) {
+  int removed = 0;
+  /* newest first, so that a file inside a registered temporary directory goes before the directory */
+  for (int i = TMP_SLOTS - 1; i >= 0; i--) {
+    if (!__atomic_load_n(&g_tmp_used[i], __ATOMIC_ACQUIRE)) continue;
+    const char *p = g_tmp_path[i];
+    int ok = unlink(p) == 0 || (errno == EISDIR && rmdir(p) == 0);
+    g_tmp_used[i] = 0;
+    if (!ok) continue;
+    if (!removed) {
+      put_err("t5gemma: ");
+      if (sig) put_err(sig == SIGINT ? "interrupted (SIGINT)" : sig == SIGTERM ? "terminated (SIGTERM)" : "stopped by a signal");
+      else put_err("stopped");
+      put_err(": removed the unfinished file(s)");
+    }
+    put_err(" ");
+    put_err(p);
+    removed++;
+  }
+  if (removed) put_err("; the earlier outputs are untouched\n");
+  return removed;
+}
+
+static void on_fatal_signal(int sig) {
+  t5g_tmp_remove_all(sig);
+  /* die of the signal, as the default action would (the shell's status is 128 + signal) */
+  signal(sig, SIG_DFL);
+  raise(sig);
+  _exit(128 + sig);
+}
+
+void t5g_tmp_cleanup_on_signals(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_fatal_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaddset(&sa.sa_mask, SIGINT);
+  sigaddset(&sa.sa_mask, SIGTERM);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+}
+
 char *t5g_tmp_name(const char *path) {
   size_t n = strlen(path) + 32;
   char *t = t5g_malloc(n);
   snprintf(t, n, "%s.tmp.%d", path, (int)getpid());
+  t5g_tmp_register(t);
   return t;
+}
+
+int t5g_remove_stale_tmps(const char *path) {
+  char *dir = t5g_strdup(path);
+  char *slash = strrchr(dir, '/');
+  const char *base = slash ? slash + 1 : path;
+  if (slash) *slash = 0; else strcpy(dir, ".");
+  size_t bl = strlen(base);
+  int n = 0;
+  DIR *d = opendir(dir[0] ? dir : "/");
+  if (d) {
+    struct dirent *de;
+    while ((de = readdir(d))) {
+      if (strncmp(de->d_name, base, bl) != 0 || strncmp(de->d_name + bl, ".tmp.", 5) != 0) continue;
+      char *end;
+      long pid = strtol(de->d_name + bl + 5, &end, 10);
+      if (*end || end == de->d_name + bl + 5 || pid <= 0 || pid == (long)getpid()) continue;
+      if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;   /* its writer may still be running */
+      char *p = t5g_path_join(dir, de->d_name);
+      if (unlink(p) == 0) { fprintf(stderr, "removed %s, left by an interrupted earlier run (process %ld)\n", p, pid); n++; }
+      free(p);
+    }
+    closedir(d);
+  }
+  free(dir);
+  return n;
 }
 
 int t5g_rename_durable(const char *tmp, const char *final) {
   int fd = open(tmp, O_RDONLY);
   if (fd >= 0) { fsync(fd); close(fd); }
   if (rename(tmp, final) != 0) return t5g_error("%s: cannot rename from %s: %s", final, tmp, strerror(errno));
+  t5g_tmp_forget(tmp);
   /* fsync the directory so the rename itself is durable */
   char *dir = t5g_strdup(final);
   char *slash = strrchr(dir, '/');
@@ -93,6 +203,7 @@ int t5g_open_out(T5gOutFile *o, const char *path) {
   o->f = fopen(o->tmp, "wb");
   if (!o->f) {
     int r = t5g_error("%s: cannot create %s: %s", path, o->tmp, strerror(errno));
+    t5g_tmp_forget(o->tmp);
     free(o->path); free(o->tmp); o->path = o->tmp = NULL;
     return r;
   }
@@ -103,14 +214,14 @@ int t5g_commit_file(T5gOutFile *o) {
   if (fclose(o->f) != 0) bad = 1;
   o->f = NULL;
   int r = 0;
-  if (bad) { r = t5g_error("%s: write failed (disk full?)", o->path); unlink(o->tmp); }
+  if (bad) { r = t5g_error("%s: write failed (disk full?)", o->path); t5g_tmp_unlink(o->tmp); }
   else r = t5g_rename_durable(o->tmp, o->path);
   free(o->path); free(o->tmp); o->path = o->tmp = NULL;
   return r;
 }
 void t5g_abort_file(T5gOutFile *o) {
   if (o->f) fclose(o->f);
-  if (o->tmp) unlink(o->tmp);
+  if (o->tmp) t5g_tmp_unlink(o->tmp);
   free(o->path); free(o->tmp);
   o->f = NULL; o->path = o->tmp = NULL;
 }

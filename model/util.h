@@ -48,10 +48,31 @@ typedef struct { FILE *f; char *path; char *tmp; } T5gOutFile;
 int  t5g_open_out(T5gOutFile *o, const char *path);
 int  t5g_commit_file(T5gOutFile *o);
 void t5g_abort_file(T5gOutFile *o);
-/* Temporary name for a path that is written by another library (e.g. HDF5): same scheme. */
+/* Temporary name for a path that is written by another library (e.g. HDF5): same scheme. The
+ * name is registered (t5g_tmp_register) until t5g_rename_durable() moves it onto its final name,
+ * or the caller removes it with t5g_tmp_unlink() (or forgets it with t5g_tmp_forget()). */
 char *t5g_tmp_name(const char *path);
-/* fsync a file by name and rename it onto final; returns 0 or -1 with t5g_error(). */
+/* fsync a file by name and rename it onto final; returns 0 or -1 with t5g_error(). A registered
+ * tmp is forgotten once renamed. */
 int t5g_rename_durable(const char *tmp, const char *final);
+
+/* Temporaries on disk while they are written: a fixed-size registry (64 paths, no allocation) so
+ * that a SIGINT / SIGTERM handler can remove them. t5g_open_out and t5g_tmp_name register,
+ * t5g_commit_file / t5g_abort_file / t5g_rename_durable forget. Thread-safe. */
+void t5g_tmp_register(const char *tmp);
+void t5g_tmp_forget(const char *tmp);
+void t5g_tmp_unlink(const char *tmp);          /* unlink() and forget */
+/* Async-signal-safe: unlink every registered temporary (rmdir for a directory), newest first,
+ * and write one line to stderr naming them (sig: the signal, for the message; 0 = none). Returns
+ * how many were removed. */
+int  t5g_tmp_remove_all(int sig);
+/* Install SIGINT / SIGTERM handlers that call t5g_tmp_remove_all() and then let the signal end the
+ * process (exit status 128 + signal, e.g. 130 for Ctrl-C). main() installs it for every command;
+ * train replaces it with train/signals.h (whose second signal does the same). */
+void t5g_tmp_cleanup_on_signals(void);
+/* Remove "<path>.tmp.<pid>" files left by processes that no longer exist (a writer killed with
+ * SIGKILL or a power cut). Prints one line per file removed; returns how many. */
+int  t5g_remove_stale_tmps(const char *path);
 
 int  t5g_mkdir_p(const char *dir);
 /* Copy a file (to a temporary name, then renamed). 0 or -1 with t5g_error(). */

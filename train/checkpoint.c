@@ -372,7 +372,7 @@ static void ckpt_free(Ckpt *c) { free(c->path); free(c->tmp); free(c); }
 void ckpt_abandon(Ckpt *c) {
   if (!c) return;
   if (c->file >= 0) H5Fclose(c->file);
-  if (c->tmp) unlink(c->tmp);
+  if (c->tmp) t5g_tmp_unlink(c->tmp);
   ckpt_free(c);
 }
 

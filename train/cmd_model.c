@@ -361,6 +361,7 @@ int cmd_dump(int argc, char **argv) {
   char *tmpfile = t5g_path_join(tmpdir, "model.safetensors");
   if (t5g_rename_durable(tmpfile, out) != 0) t5g_die_last();
   rmdir(tmpdir);
+  t5g_tmp_forget(tmpdir);
   printf("dump: loss %.9g over %lld target tokens (normalizer %g) -> %s\n", lossv, (long long)b.n_targets, norm, out);
   for (int i = 0; i < m.ps.n; i++) free(names[i]);
   free(names); free(items); free(logits); free(tmpdir); free(tmpfile);

@@ -33,6 +33,9 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
   t5g_runtime_init(&argc, &argv);
+  /* Ctrl-C / SIGTERM remove the temporaries being written (model/util.h); train installs its own
+   * handlers (train/signals.h), whose second signal does the same */
+  t5g_tmp_cleanup_on_signals();
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

@@ -2,13 +2,21 @@
  * SIGUSR1 is what mpirun forwards to every rank (`kill -USR1 <mpirun pid>`): the clean way to stop
  * a multi-rank run, since mpirun follows SIGTERM with SIGKILL after a short timeout. */
 #include "train/signals.h"
+#include "model/util.h"
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 static volatile sig_atomic_t g_stop;
 
+static void put_err(const char *s) { ssize_t r = write(2, s, strlen(s)); (void)r; }
+
 static void on_signal(int sig) {
-  if (g_stop) {                 /* second request: stop now */
+  if (g_stop) {                 /* second request: stop now, removing the checkpoint being written */
+    put_err(sig == SIGINT ? "\nt5gemma: second SIGINT: stopping now without saving\n"
+                          : sig == SIGTERM ? "\nt5gemma: second SIGTERM: stopping now without saving\n"
+                                           : "\nt5gemma: second stop signal: stopping now without saving\n");
+    t5g_tmp_remove_all(sig);
     signal(sig, SIG_DFL);
     raise(sig);
     return;

@@ -3,7 +3,9 @@
  * t5g_signals_install() makes the first SIGINT or SIGTERM only set a flag (volatile
  * sig_atomic_t); the training loop polls t5g_stop_requested() between steps, saves a checkpoint
  * and exits cleanly. A second signal of either kind while the flag is set restores the default
- * action and re-raises, so a second Ctrl-C (or a second `kill`) ends the process at once.
+ * action and re-raises, so a second Ctrl-C (or a second `kill`) ends the process at once (exit
+ * status 128 + signal), after saying so on stderr and removing the temporaries being written
+ * (a checkpoint's ckpt-*.h5.tmp.<pid>: t5g_tmp_remove_all in model/util.h).
  * Under MPI every rank must agree before stopping (e.g. an allreduce-max of the flag each step),
  * because the signal may reach only some ranks; that is the training loop's job.
  */
