@@ -9,6 +9,11 @@
 #                      line naming the removed temporary, no *.tmp.* left, the earlier output
 #                      byte-identical
 #   stale_tmp_removed  a later adapt removes a temporary left by a dead process (SIGKILL), saying so
+#   std_*, seed_*      --std / --cross-std NaN or negative, --seed -5, --shard-size 0: exit 1 naming
+#                      the option, no output written
+#   export_tokenizer   export of a run (3 checkpoints, tokenizer only next to its init model) copies
+#                      tokenizer.json into DIR and says so; --average 5 warns that only 3 were there;
+#                      a run without any tokenizer exports with a warning
 set -u
 cd "$(dirname "$0")/.."
 BIN=${T5G_BIN:-./t5gemma}
@@ -86,4 +91,43 @@ if "$BIN" random-checkpoint --config "$T/gm.json" --out "$T/gm" --seed 1 --dtype
   rm -rf "$T/ad" "$T/gm"
 else
   fail interrupt_setup "random-checkpoint/adapt: $(tail -n 2 "$T/gm.out" "$T/ad0.out")"
+fi
+
+# ---- bad spreads and seeds ------------------------------------------------------------------------
+G2=configs/models/tiny-gemma2.json
+expect std_nan 1 "random-checkpoint: --std expects a finite standard deviation >= 0, found 'nan'" "$BIN" random-checkpoint --config $G2 --out "$T/r1" --std nan
+expect std_negative 1 "random-checkpoint: --std expects a finite standard deviation >= 0, found '-1'" "$BIN" random-checkpoint --config $G2 --out "$T/r1" --std -1
+expect std_word 1 "random-checkpoint: --std expects a number" "$BIN" random-checkpoint --config $G2 --out "$T/r1" --std 0.02x
+expect seed_negative 1 "random-checkpoint: --seed expects a non-negative integer .*found '-5'" "$BIN" random-checkpoint --config $G2 --out "$T/r1" --seed -5
+expect shard_size_zero 1 "--shard-size: the size must be positive" "$BIN" random-checkpoint --config $G2 --out "$T/r1" --shard-size 0
+[ -e "$T/r1" ] && fail std_no_output "$T/r1 was created by a refused command"
+"$BIN" random-checkpoint --config $G2 --out "$T/g2" --seed 1 >/dev/null 2>&1
+expect cross_std_nan 1 "adapt: --cross-std expects a finite standard deviation >= 0, found 'nan'" "$BIN" adapt --encoder "$T/g2" --decoder "$T/g2" --out "$T/a1" --cross-std nan
+expect cross_std_negative 1 "adapt: --cross-std expects a finite standard deviation >= 0, found '-1'" "$BIN" adapt --encoder "$T/g2" --decoder "$T/g2" --out "$T/a1" --cross-std -1
+expect adapt_seed_negative 1 "adapt: --seed expects a non-negative integer" "$BIN" adapt --from "$T/g2" --out "$T/a1" --seed -5
+expect balanced_random_cross 0 "adapt: random cross-attention \(--cross-init random\): " "$BIN" adapt --from "$T/g2" --out "$T/a1" --cross-init random
+
+# ---- export: tokenizer and --average --------------------------------------------------------------
+mkdir -p "$T/w"
+"$BIN" random-checkpoint --config configs/models/tiny-t5gemma.json --out "$T/w/student" --seed 5 >/dev/null 2>&1
+python3 -c "
+import random
+random.seed(3)
+with open('$T/w/docs.txt', 'w') as f:
+    for i in range(100): f.write(' '.join(str(random.randrange(3, 512)) for _ in range(20)) + '\n')"
+echo '{"init": "student", "objective": "prefixlm", "data": "docs", "enc_len": 16, "dec_len": 16, "batch_size": 2, "lr": 1e-3,
+ "warmup_steps": 1, "steps": 3, "save_every": 1, "log_every": 1, "eval_batches": 1, "threads": 1}' >"$T/w/d.json"
+if "$BIN" data prepare --format tokens --vocab-size 512 --bos-id 2 --eos-id 1 --pad-id 0 --doc-sep line --val-docs 8 \
+     --out "$T/w/docs" "$T/w/docs.txt" >"$T/w/prep.out" 2>&1 && (cd "$T/w" && "$BIN" train d.json run_dir=run >train.out 2>&1); then
+  rm -rf "$T/w/run/hf"
+  expect export_no_tokenizer 0 "export: warning: no tokenizer found for $T/w/run" "$BIN" export "$T/w/run" --out "$T/ex0"
+  [ -e "$T/ex0/tokenizer.json" ] && fail export_no_tokenizer "a tokenizer.json appeared"
+  cp "$TOK" "$T/w/student/"
+  expect export_tokenizer 0 "export: copied the tokenizer $T/w/student/tokenizer.json to $T/ex/tokenizer.json" "$BIN" export "$T/w/run" --out "$T/ex" --average 5
+  cmp -s "$TOK" "$T/ex/tokenizer.json" || fail export_tokenizer "$T/ex/tokenizer.json differs from the run's tokenizer"
+  grep -q "export: warning: --average 5, but $T/w/run holds only 3 complete checkpoint(s): averaged those 3" "$T/export_tokenizer.out" &&
+    pass export_average_warning || fail export_average_warning "$(cat "$T/export_tokenizer.out")"
+  expect export_average_word 1 "export: --average expects a positive number of checkpoints, found 'x'" "$BIN" export "$T/w/run" --out "$T/ex1" --average x
+else
+  fail export_setup "data prepare / train: $(tail -n 3 "$T/w/prep.out" "$T/w/train.out")"
 fi

@@ -13,6 +13,9 @@
 #include "model/safetensors.h"
 #include "train/checkpoint.h"
 #include "train/commands.h"
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -41,16 +44,33 @@ static void opt_done(Opts *o) {
   for (int i = 1; i < o->argc; i++)
     if (!o->used[i]) t5g_fatal("%s: unknown argument '%s' (see `t5gemma %s --help`)", o->argv[0], o->argv[i], o->argv[0]);
 }
+/* --shard-size: a positive size with an optional K/M/G/T suffix (decimal), optionally followed by
+ * B ("5GB", "500M", "1e9"). */
 static int64_t parse_size(const char *s) {
   char *end; double v = strtod(s, &end);
-  if (end == s) t5g_fatal("expected a size such as 5GB or 500MB, found '%s'", s);
-  if (*end == 'K' || *end == 'k') v *= 1e3; else if (*end == 'M') v *= 1e6; else if (*end == 'G') v *= 1e9; else if (*end == 'T') v *= 1e12;
+  if (end == s || !isfinite(v)) t5g_fatal("--shard-size: expected a size such as 5GB or 500MB, found '%s'", s);
+  if (*end == 'K' || *end == 'k') { v *= 1e3; end++; } else if (*end == 'M') { v *= 1e6; end++; }
+  else if (*end == 'G') { v *= 1e9; end++; } else if (*end == 'T') { v *= 1e12; end++; }
+  if (*end == 'B') end++;
+  if (*end) t5g_fatal("--shard-size: expected a size such as 5GB or 500MB, found '%s'", s);
+  if (v < 1 || v > 9e18) t5g_fatal("--shard-size: the size must be positive (at least 1 byte), found '%s'", s);
   return (int64_t)v;
 }
+/* Seeds are non-negative decimal integers below 2^64: "-5" is refused (strtoull would silently
+ * wrap it to 2^64 - 5). */
 static uint64_t parse_u64(const char *s, const char *what) {
-  char *end; unsigned long long v = strtoull(s, &end, 10);
-  if (!*s || *end) t5g_fatal("%s expects a non-negative integer, found '%s'", what, s);
+  char *end; errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (!*s || *end || s[0] == '-' || s[0] == '+' || errno == ERANGE)
+    t5g_fatal("%s expects a non-negative integer (0 to 18446744073709551615), found '%s'", what, s);
   return v;
+}
+/* A standard deviation: a finite number >= 0. NaN or a negative spread would write NaN weights. */
+static float parse_std(const char *s, const char *what) {
+  char *end; double v = strtod(s, &end);
+  if (end == s || *end) t5g_fatal("%s expects a number (a standard deviation >= 0), found '%s'", what, s);
+  if (!isfinite(v) || v < 0 || v > 1e30) t5g_fatal("%s expects a finite standard deviation >= 0, found '%s'", what, s);
+  return (float)v;
 }
 
 static int write_config(const ModelConfig *c, const char *dir, StDtype dt) {
@@ -90,8 +110,9 @@ int cmd_random_checkpoint(int argc, char **argv) {
   if (config_resolve(cfgs, &c) != 0) t5g_die_last();
   StDtype dt = ST_F32;
   if (dt_s && st_dtype_parse(dt_s, &dt) != 0) t5g_die_last();
-  uint64_t seed = seed_s ? parse_u64(seed_s, "--seed") : 0;
+  uint64_t seed = seed_s ? parse_u64(seed_s, "random-checkpoint: --seed") : 0;
   int64_t shard = shard_s ? parse_size(shard_s) : (int64_t)5000000000LL;
+  const float std_v = std_s ? parse_std(std_s, "random-checkpoint: --std") : 0;
   Model m;
   if (model_plan(&m, &c) != 0) t5g_die_last();
   double t0 = t5g_now();
@@ -101,7 +122,7 @@ int cmd_random_checkpoint(int argc, char **argv) {
     if (st_writer_plan(w, m.ps.e[i].name, m.ps.e[i].t.ndim, m.ps.e[i].t.shape) != 0) { st_writer_abort(w); t5g_die_last(); }
   for (int i = 0; i < m.ps.n; i++) {
     RandFill f;
-    f.std = std_s && m.ps.e[i].group != PG_NORM ? (float)atof(std_s) : model_init_std(&m, &m.ps.e[i]);
+    f.std = std_s && m.ps.e[i].group != PG_NORM ? std_v : model_init_std(&m, &m.ps.e[i]);
     model_init_rng(&m.ps.e[i], seed, &f.r);
     if (st_writer_write_fn(w, m.ps.e[i].name, rand_fill, &f) != 0) { st_writer_abort(w); t5g_die_last(); }
   }
@@ -147,8 +168,8 @@ int cmd_adapt(int argc, char **argv) {
   adapt_options_default(&ao);
   if (ci) { if (!strcmp(ci, "auto")) ao.cross_init = -1; else if (!strcmp(ci, "copy")) ao.cross_init = 0; else if (!strcmp(ci, "random")) ao.cross_init = 1; else t5g_fatal("adapt: --cross-init expects auto, copy or random, found '%s'", ci); }
   if (cn) { if (!strcmp(cn, "copy")) ao.cross_norm_zero = 0; else if (!strcmp(cn, "zero")) ao.cross_norm_zero = 1; else t5g_fatal("adapt: --cross-norm expects copy or zero, found '%s'", cn); }
-  if (cs) ao.cross_std = (float)atof(cs);
-  if (seed_s) ao.seed = parse_u64(seed_s, "--seed");
+  if (cs) ao.cross_std = parse_std(cs, "adapt: --cross-std");
+  if (seed_s) ao.seed = parse_u64(seed_s, "adapt: --seed");
   ao.encoder_causal = causal;
   int64_t shard = shard_s ? parse_size(shard_s) : (int64_t)5000000000LL;
   double t0 = t5g_now();
@@ -206,7 +227,8 @@ int cmd_adapt(int argc, char **argv) {
          warm ? "random normal(0, cross_std)" : "copied from self-attention",
          ao.cross_norm_zero ? "zero (unit gain)" : "copied from self-attention norms",
          causal ? ", causal encoder" : "");
-  if (warm) printf("adapt: unequal pair: `t5gemma train` trains cross-attention alone for the first 1000 steps (warmup_cross_steps)\n");
+  if (warm) printf("adapt: %s: `t5gemma train` trains cross-attention alone for the first 1000 steps (warmup_cross_steps)\n",
+                   same ? "random cross-attention (--cross-init random)" : "unequal pair (random cross-attention)");
   printf("adapt: %.1f s, peak memory %s\n", t5g_now() - t0, t5g_fmt_bytes((double)t5g_peak_rss(), b1, sizeof b1));
   st_close(&ra);
   if (!same) st_close(&rb);
@@ -215,6 +237,65 @@ int cmd_adapt(int argc, char **argv) {
 }
 
 /* ---- export ------------------------------------------------------------------------------ */
+static const char *const tok_files[] = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"};
+
+/* 1 when dir holds tokenizer.json or tokenizer.model. */
+static int dir_has_tokenizer(const char *dir) {
+  for (int i = 0; i < 2; i++) {
+    char *p = t5g_path_join(dir, tok_files[i]);
+    int ok = t5g_file_exists(p);
+    free(p);
+    if (ok) return 1;
+  }
+  return 0;
+}
+
+/* A path from RUN/train_config.json: as given when it exists (relative to the current directory),
+ * else relative to the directory train ran in (RUN's path minus the config's run_dir). malloc'ed,
+ * or NULL. */
+static char *run_path(const char *run, const char *run_dir, const char *p) {
+  if (!p || !p[0]) return NULL;
+  if (t5g_file_exists(p)) return t5g_strdup(p);
+  if (p[0] == '/' || !run_dir || !run_dir[0]) return NULL;
+  size_t rl = strlen(run), dl = strlen(run_dir);
+  while (rl > 1 && run[rl - 1] == '/') rl--;
+  if (dl > rl || strncmp(run + rl - dl, run_dir, dl) != 0 || (rl > dl && run[rl - dl - 1] != '/')) return NULL;
+  char *base = t5g_malloc(rl - dl + 2);
+  if (rl == dl) strcpy(base, "."); else { memcpy(base, run, rl - dl); base[rl - dl] = 0; }
+  char *q = t5g_path_join(base, p);
+  free(base);
+  if (t5g_file_exists(q)) return q;
+  free(q);
+  return NULL;
+}
+
+/* The tokenizer of a training run (run: the directory holding the checkpoints): RUN/hf/ (written
+ * at the end of a run), else train_config.json's tokenizer, else the tokenizer next to its init
+ * model. Returns a malloc'ed file path (a tokenizer.json / .model file) or directory (copy its
+ * tokenizer files), and sets *is_dir; NULL when none is found. */
+static char *find_run_tokenizer(const char *run, int *is_dir) {
+  char *hf = t5g_path_join(run, "hf");
+  if (dir_has_tokenizer(hf)) { *is_dir = 1; return hf; }
+  free(hf);
+  char *cp = t5g_path_join(run, "train_config.json");
+  char *js = t5g_file_exists(cp) ? t5g_read_file(cp, NULL) : NULL;
+  free(cp);
+  cJSON *j = js ? cJSON_Parse(js) : NULL;
+  free(js);
+  char *found = NULL;
+  if (j) {
+    const char *rd = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "run_dir"));
+    found = run_path(run, rd, cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "tokenizer")));
+    *is_dir = 0;
+    if (!found) {
+      char *init = run_path(run, rd, cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "init")));
+      if (init && dir_has_tokenizer(init)) { found = init; *is_dir = 1; } else free(init);
+    }
+    cJSON_Delete(j);
+  }
+  return found;
+}
+
 int cmd_export(int argc, char **argv) {
   int used[argc]; memset(used, 0, sizeof used);
   Opts o = {argc, argv, used};
@@ -223,7 +304,10 @@ int cmd_export(int argc, char **argv) {
            "                      [--shard-size 5GB] [--write-lm-head]\n"
            "Writes the model of a training checkpoint (the newest complete one in RUN_DIR) as a Hugging Face\n"
            "directory: config.json + safetensors (Gemma2ForCausalLM or T5GemmaForConditionalGeneration).\n"
-           "--average K exports the mean of the last K checkpoints' weights (spec 4.4).\n");
+           "--average K exports the mean of the last K checkpoints' weights (spec 4.4); with fewer than K\n"
+           "complete checkpoints it averages those there are and prints a warning.\n"
+           "The run's tokenizer is copied into DIR (from RUN/hf/, else train_config.json's tokenizer, else\n"
+           "the tokenizer of its init model); a warning says when none is found.\n");
     return 0;
   }
   const char *out = opt_get(&o, "--out"), *dt_s = opt_get(&o, "--dtype"), *avg_s = opt_get(&o, "--average");
@@ -249,18 +333,49 @@ int cmd_export(int argc, char **argv) {
   step = ckpt_step(ck);
   ckpt_close(ck);
   if (avg_s) {
-    int k = atoi(avg_s), used_k = 0;
-    if (k < 1) t5g_fatal("export: --average expects a positive count");
+    char *e; long kl = strtol(avg_s, &e, 10);
+    if (!avg_s[0] || *e || kl < 1 || kl > 100000) t5g_fatal("export: --average expects a positive number of checkpoints, found '%s'", avg_s);
+    int k = (int)kl, used_k = 0;
     char *dir = t5g_strdup(path);
     char *sl = strrchr(dir, '/');
     if (sl) *sl = 0; else strcpy(dir, ".");
     if (ckpt_average_last(dir, k, &m.ps, &used_k) != 0) t5g_die_last();
-    fprintf(stderr, "export: averaged the last %d checkpoint(s) of %s\n", used_k, dir);
+    if (used_k < k)
+      fprintf(stderr, "export: warning: --average %d, but %s holds only %d complete checkpoint(s): averaged those %d\n", k, dir, used_k, used_k);
+    else fprintf(stderr, "export: averaged the last %d checkpoint(s) of %s\n", used_k, dir);
     free(dir);
   }
   HfSaveOptions so = {ST_F32, shard_s ? parse_size(shard_s) : (int64_t)5000000000LL, head};
   if (dt_s && st_dtype_parse(dt_s, &so.dtype) != 0) t5g_die_last();
   if (hf_save(&m.ps, &c, out, &so) != 0) t5g_die_last();
+  /* the tokenizer travels with the model, as adapt and train's hf/ do */
+  {
+    char *run = t5g_strdup(path);
+    char *sl = strrchr(run, '/');
+    if (sl) *sl = 0; else strcpy(run, ".");
+    int is_dir = 0;
+    char *tk = find_run_tokenizer(run, &is_dir);
+    if (!tk) {
+      fprintf(stderr, "export: warning: no tokenizer found for %s (neither %s/hf/tokenizer.json nor train_config.json's "
+              "tokenizer or init model has one): copy tokenizer.json into %s before `t5gemma generate --model %s`\n", run, run, out, out);
+    } else if (is_dir) {
+      for (size_t i = 0; i < sizeof tok_files / sizeof tok_files[0]; i++) {
+        char *src = t5g_path_join(tk, tok_files[i]), *dst = t5g_path_join(out, tok_files[i]);
+        if (t5g_file_exists(src)) {
+          if (t5g_copy_file(src, dst) != 0) t5g_die_last();
+          fprintf(stderr, "export: copied the tokenizer %s to %s\n", src, dst);
+        }
+        free(src); free(dst);
+      }
+    } else {
+      const char *base = strrchr(tk, '/');
+      char *dst = t5g_path_join(out, base ? base + 1 : tk);
+      if (t5g_copy_file(tk, dst) != 0) t5g_die_last();
+      fprintf(stderr, "export: copied the tokenizer %s to %s\n", tk, dst);
+      free(dst);
+    }
+    free(tk); free(run);
+  }
   printf("export: %s (step %lld) -> %s (%s)\n", path, (long long)step, out, st_dtype_name(so.dtype));
   free(path); free(mjs);
   model_free(&m);
