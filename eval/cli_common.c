@@ -196,3 +196,9 @@ void cli_json_string(FILE *f, const char *s) {
   free(p);
   cJSON_Delete(x);
 }
+
+void cli_json_num(FILE *f, int prec, double v, int64_t *nonfinite) {
+  if (isfinite(v)) { fprintf(f, "%.*g", prec, v); return; }
+  fputs("null", f);
+  if (nonfinite) (*nonfinite)++;
+}

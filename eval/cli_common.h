@@ -42,6 +42,10 @@ int cli_chat_encode_text(const Tokenizer *tok, const char *text, int32_t **ids, 
 /* Read a JSON array of integer ids into *ids (malloc'ed); -1 with a message in err. */
 int cli_json_ids(const cJSON *a, const char *field, int32_t **ids, int *n, char *err, size_t errn);
 
+/* Print a number as JSON with printf precision `prec` (%.*g): a NaN or infinity, which JSON cannot
+ * hold, is written null and counted in *nonfinite (when not NULL). */
+void cli_json_num(FILE *f, int prec, double v, int64_t *nonfinite);
+
 /* Print a string as a JSON string literal (with quotes). */
 void cli_json_string(FILE *f, const char *s);
 

@@ -6,6 +6,7 @@
 #include "model/weights_bf16.h"
 #include "train/commands.h"
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,6 +57,8 @@ static const char *USAGE =
 
 typedef struct Prompt { int32_t *ids; int n; int line; } Prompt;
 
+static int64_t g_nonfinite;   /* NaN / infinite log-probabilities (written as null in JSON) */
+
 static void print_seq_json(FILE *f, const Tokenizer *tok, const GenOutput *o, const GenConfig *gc) {
   int nt = o->n - (o->stopped ? 1 : 0);
   char *text = gen_decode_text(tok, o->ids, nt);
@@ -65,12 +68,18 @@ static void print_seq_json(FILE *f, const Tokenizer *tok, const GenOutput *o, co
   fprintf(f, ", \"ids\": [");
   for (int i = 0; i < o->n; i++) fprintf(f, "%s%d", i ? ", " : "", o->ids[i]);
   fprintf(f, "], \"logprobs\": [");
-  for (int i = 0; i < o->n; i++) fprintf(f, "%s%.6g", i ? ", " : "", o->logprobs[i]);
-  fprintf(f, "], \"sum_logprob\": %.8g, \"n_tokens\": %d, \"finish\": \"%s\"", o->sum_logprob, o->n, o->stopped ? "stop" : "length");
-  if (gc->num_beams > 1) fprintf(f, ", \"score\": %.8g", o->score);
+  for (int i = 0; i < o->n; i++) { if (i) fputs(", ", f); cli_json_num(f, 6, o->logprobs[i], NULL); }
+  fprintf(f, "], \"sum_logprob\": ");
+  cli_json_num(f, 8, o->sum_logprob, NULL);
+  fprintf(f, ", \"n_tokens\": %d, \"finish\": \"%s\"", o->n, o->stopped ? "stop" : "length");
+  if (gc->num_beams > 1) { fprintf(f, ", \"score\": "); cli_json_num(f, 8, o->score, NULL); }
 }
 
 static void print_result(const Tokenizer *tok, int index, int line, GenOutput *o, int n, int json, const GenConfig *gc) {
+  for (int k = 0; k < n; k++) {
+    for (int i = 0; i < o[k].n; i++) g_nonfinite += !isfinite(o[k].logprobs[i]);
+    g_nonfinite += !isfinite(o[k].sum_logprob);
+  }
   if (!json) {
     for (int k = 0; k < n; k++) {
       int nt = o[k].n - (o[k].stopped ? 1 : 0);
@@ -259,6 +268,9 @@ int cmd_generate(int argc, char **argv) {
     if (!failed) fprintf(stderr, "generated %lld tokens for %d prompt(s) in %.2f s (%.1f tokens/s)\n", (long long)ntok, nP,
                          dt, dt > 0 ? ntok / dt : 0);
     if (skipped) fprintf(stderr, "%d malformed line(s) skipped\n", skipped);
+    if (g_nonfinite)
+      fprintf(stderr, "generate: warning: %lld log-probabilit%s NaN or infinite (the model's logits are not finite: "
+              "broken weights?)%s\n", (long long)g_nonfinite, g_nonfinite == 1 ? "y is" : "ies are", json ? "; written as null" : "");
   }
   for (int k = 0; k < nP; k++) free(P[k].ids);
   free(P);

@@ -171,7 +171,7 @@ int cmd_score(int argc, char **argv) {
   }
   const char *src_name = in_path ? in_path : "<stdin>";
   int failed = 0, index = 0, skipped = 0, lineno = 0, eof = 0;
-  int64_t total_tok = 0;
+  int64_t total_tok = 0, nonfinite = 0;
   double t0 = t5g_now();
   const int CH = 4096;                      /* examples read and scored per chunk */
   Ex *ex = t5g_calloc(CH, sizeof *ex);
@@ -213,10 +213,12 @@ int cmd_score(int argc, char **argv) {
       T5G_ASSERT(map[j] == k);
       j++;
       total_tok += r->n_tokens;
-      fprintf(out, ", \"sum_logprob\": %.9g, \"n_tokens\": %d", r->sum_logprob, r->n_tokens);
+      fprintf(out, ", \"sum_logprob\": ");
+      cli_json_num(out, 9, r->sum_logprob, &nonfinite);
+      fprintf(out, ", \"n_tokens\": %d", r->n_tokens);
       if (per_token) {
         fprintf(out, ", \"token_logprobs\": [");
-        for (int t = 0; t < r->n_tokens; t++) fprintf(out, "%s%.7g", t ? ", " : "", r->token_logprobs[t]);
+        for (int t = 0; t < r->n_tokens; t++) { if (t) fputs(", ", out); cli_json_num(out, 7, r->token_logprobs[t], &nonfinite); }
         fprintf(out, "], \"token_ids\": [");
         for (int t = 0; t < e->n_tgt; t++) fprintf(out, "%s%d", t ? ", " : "", e->tgt[t]);
         fprintf(out, "]");
@@ -245,6 +247,9 @@ int cmd_score(int argc, char **argv) {
     double dt = t5g_now() - t0;
     fprintf(stderr, "scored %d example(s), %lld target tokens in %.2f s%s", index - skipped, (long long)total_tok, dt, skipped ? "" : "\n");
     if (skipped) fprintf(stderr, "; %d malformed line(s) skipped\n", skipped);
+    if (nonfinite)
+      fprintf(stderr, "score: warning: %lld log-probabilit%s NaN or infinite (the model's logits are not finite: broken "
+              "weights?); written as null\n", (long long)nonfinite, nonfinite == 1 ? "y is" : "ies are");
   }
   tokenizer_free(tok);
   model_free(&m);

@@ -14,6 +14,8 @@
 #   export_tokenizer   export of a run (3 checkpoints, tokenizer only next to its init model) copies
 #                      tokenizer.json into DIR and says so; --average 5 warns that only 3 were there;
 #                      a run without any tokenizer exports with a warning
+#   json_nan_*         a model whose final norm is NaN: generate --json and score --per-token write
+#                      strict JSON (null for NaN; parsed with NaN refused) and warn with the count
 set -u
 cd "$(dirname "$0")/.."
 BIN=${T5G_BIN:-./t5gemma}
@@ -131,3 +133,37 @@ if "$BIN" data prepare --format tokens --vocab-size 512 --bos-id 2 --eos-id 1 --
 else
   fail export_setup "data prepare / train: $(tail -n 3 "$T/w/prep.out" "$T/w/train.out")"
 fi
+
+# ---- non-finite values in JSON output -------------------------------------------------------------
+cp -r "$T/gv" "$T/gvnan"
+python3 - "$T/gvnan/model.safetensors" <<'PYEOF'
+import json, struct, sys
+raw = bytearray(open(sys.argv[1], "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]; h = json.loads(raw[8:8 + n])
+a, b = h["model.norm.weight"]["data_offsets"]
+for o in range(8 + n + a, 8 + n + b, 4): raw[o:o + 4] = struct.pack("<f", float("nan"))
+open(sys.argv[1], "wb").write(raw)
+PYEOF
+strict_json() {   # every line of $1 is JSON without NaN/Infinity, and field $2 is null
+  python3 - "$1" "$2" <<'PYEOF'
+import json, sys
+def bad(c): raise ValueError("non-standard constant " + c)
+lines = [l for l in open(sys.argv[1]) if l.strip()]
+assert lines, "no output"
+for l in lines:
+    d = json.loads(l, parse_constant=bad)
+    assert d[sys.argv[2]] is None, "%s is %r" % (sys.argv[2], d[sys.argv[2]])
+PYEOF
+}
+"$BIN" generate --model "$T/gvnan" --prompt hi --max-new-tokens 2 --json >"$T/gen.json" 2>"$T/gen.err"
+rc=$?
+if [ $rc != 0 ]; then fail json_nan_generate "exit $rc: $(tail -c 300 "$T/gen.err")"
+elif ! err=$(strict_json "$T/gen.json" sum_logprob 2>&1); then fail json_nan_generate "$err: $(cat "$T/gen.json")"
+elif ! grep -q "generate: warning: 3 log-probabilities are NaN or infinite.*written as null" "$T/gen.err"; then fail json_nan_generate "no warning: $(cat "$T/gen.err")"
+else pass json_nan_generate; fi
+echo '{"text": "a b c"}' | "$BIN" score --model "$T/gvnan" --per-token >"$T/score.json" 2>"$T/score.err"
+rc=$?
+if [ $rc != 0 ]; then fail json_nan_score "exit $rc: $(tail -c 300 "$T/score.err")"
+elif ! err=$(strict_json "$T/score.json" sum_logprob 2>&1); then fail json_nan_score "$err: $(cat "$T/score.json")"
+elif ! grep -q "score: warning: [0-9]* log-probabilities are NaN or infinite" "$T/score.err"; then fail json_nan_score "no warning: $(cat "$T/score.err")"
+else pass json_nan_score; fi
