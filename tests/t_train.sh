@@ -8,15 +8,23 @@
 #                 run bit for bit (losses, validation losses, final weights, AdamW moments, data
 #                 position): prefixlm (packed, dropout, accumulation), causal (segments,
 #                 recomputation), ul2 and sft (encoder-decoder)
-#   signal_*      SIGINT / SIGTERM: checkpoint, exit 0, resume reaches the end, bit-exact
-#   nonfinite     lr=1e10: steps skipped and counted, stop after max_bad_steps, last checkpoint loads
+#   signal_*      SIGINT / SIGTERM: checkpoint, exit status 130 / 143, resume reaches the end, bit-exact
+#   nonfinite     lr=1e10: steps skipped and counted, stop after max_bad_steps, the message names the
+#                 newest checkpoint, which loads; nonfinite_no_ckpt: says no checkpoint was written
 #   corrupt_*     a truncated newest checkpoint, or one with a flipped byte in a parameter: resume
 #                 names it, falls back to the previous one and still ends bit-exact
 #   accum         grad_accum=2 x batch 4 == grad_accum=1 x batch 8 (float tolerance)
 #   warmup_cross  unequal pair: only cross-attention changes during the warm-up, everything after
 #   distill*      PrefixLM with a Gemma 2 teacher (full and top-k): finite, falling loss
 #   distill_value_*  the logged distillation loss equals the PyTorch reference's
-#   config_*      unknown key, wrong type, objective/model mismatch: clear message, non-zero exit
+#   config_*      unknown key, wrong type, out-of-range values (booleans, counts, rates, lengths
+#                 beyond max_position_embeddings), objective/model mismatch, missing init: clear
+#                 message naming the key, non-zero exit, no run directory created
+#   rundir_refuse / rundir_overwrite  a fresh run in a directory holding another run's checkpoints
+#                 is refused untouched; overwrite=1 deletes the earlier run first
+#   val_*         eval_every > 0 with a misnamed, deleted or empty validation split: error at start
+#   resume_other_model  resume with another model: names the differing field, not "damaged"
+#   help          --help lists every ul2_mixture form and what keep_last=0 means
 #   keep_average  keep_last prunes, average_last exports the mean of the last checkpoints
 #   rundir_*      metrics.jsonl fields, train.log, train_config.json, checkpoints, hf/ export
 #                 loadable by `t5gemma dump` and by the PyTorch reference (tests/ref)
@@ -93,6 +101,8 @@ elif cmd == "changed":      # changed A(.h5|hf dir) B.h5 -> tensors (by name) th
     y = params(a[1])
     for k in sorted(y):
         if not np.array_equal(np.asarray(x[k], np.float32), y[k]): print(k)
+elif cmd == "nparams":      # nparams B.h5 SUBSTR -> parameters (elements) of tensors whose name contains SUBSTR
+    print(sum(int(v.size) for k, v in params(a[0]).items() if a[1] in k))
 elif cmd == "names":        # names B.h5
     for k in sorted(params(a[0])): print(k)
 elif cmd == "copybatch":    # copybatch N_X OUT.safetensors: PrefixLM copy rows as the objective makes them
@@ -257,7 +267,8 @@ fi
 
 # ---- 3. SIGINT / SIGTERM --------------------------------------------------------------------
 # The copy run of case 1 again, in the background; after step 50 it gets the signal: it must save
-# a checkpoint at the step it reached, exit 0 without exporting hf/, and resume must finish the
+# a checkpoint at the step it reached, exit with status 128 + the signal number (130 SIGINT, 143
+# SIGTERM, as a shell reports a process a signal ended) without exporting hf/, and resume must finish the
 # run with exactly the weights of the uninterrupted copy run.
 signal_case() {   # SIGNAL
   local s=$1 r=$W/sig_$1 pid k i
@@ -269,8 +280,9 @@ signal_case() {   # SIGNAL
     sleep 0.1
   done
   kill -"$s" $pid 2>/dev/null || { fail "signal_$s" "the run ended before the signal: $(tailmsg "sig_$s")"; wait $pid; return; }
-  wait $pid; local rc=$?
-  [ $rc = 0 ] || { fail "signal_$s" "exit status $rc after SIG$s: $(tailmsg "sig_$s")"; return; }
+  wait $pid; local rc=$? want=$([ "$s" = INT ] && echo 130 || echo 143)
+  [ $rc = "$want" ] || { fail "signal_$s" "exit status $rc after SIG$s, expected $want: $(tailmsg "sig_$s")"; return; }
+  grep -q "stopped by SIG$s after step .*exit status $want" "$W/sig_$s.out" || { fail "signal_$s" "no 'stopped by SIG$s ... exit status $want' line: $(tailmsg "sig_$s")"; return; }
   grep -q "signal received: saving a checkpoint at step" "$W/sig_$s.out" || { fail "signal_$s" "no 'signal received' message"; return; }
   k=$(sed -n 's/.*saving a checkpoint at step \([0-9]*\).*/\1/p' "$W/sig_$s.out")
   [ -f "$r/$(printf 'ckpt-%08d.h5' "$k")" ] || { fail "signal_$s" "no checkpoint for step $k in $r: $(ls "$r" | tr '\n' ' ')"; return; }
@@ -297,7 +309,7 @@ else
   o=$W/nonfinite.out
   if [ "$(grep -c 'non-finite .*step skipped' "$o")" != 3 ] || ! grep -q 'step skipped (3 in a row, 3 in all)' "$o"; then
     fail "nonfinite" "expected 3 counted skipped steps: $(grep -m 3 'non-finite' "$o" | tr '\n' ' ')"
-  elif ! grep -q '3 non-finite steps in a row; stopping. The last good checkpoint is kept in' "$o"; then
+  elif ! grep -q '3 non-finite steps in a row; stopping. The newest checkpoint is nf_run/ckpt-00000001.h5 (step 1; resume=nf_run' "$o"; then
     fail "nonfinite" "no clear stopping message: $(tailmsg nonfinite)"
   elif [ "$(ls "$W/nf_run" | grep -c '^ckpt-.*\.h5$')" != 1 ] || [ ! -f "$W/nf_run/ckpt-00000001.h5" ]; then
     fail "nonfinite" "expected exactly the step-1 checkpoint: $(ls "$W/nf_run" | tr '\n' ' ')"
@@ -305,6 +317,13 @@ else
     fail "nonfinite" "the last good checkpoint does not load: $(tail -n 2 "$W/nf_export.out")"
   else pass "nonfinite"; fi
 fi
+
+# without a checkpoint (save_every=0, stopped at step 3) the message must not promise one
+if train nonfinite0 copy.json run_dir=nf0_run lr=1e10 max_bad_steps=2 steps=20 log_every=1; then fail "nonfinite_no_ckpt" "the run exited 0"
+elif ! grep -q '2 non-finite steps in a row; stopping. No checkpoint was written yet' "$W/nonfinite0.out" ||
+     grep -q 'checkpoint is kept' "$W/nonfinite0.out"; then fail "nonfinite_no_ckpt" "message: $(tailmsg nonfinite0)"
+elif ls "$W/nf0_run" | grep -q '^ckpt-'; then fail "nonfinite_no_ckpt" "a checkpoint exists: $(ls "$W/nf0_run" | tr '\n' ' ')"
+else pass "nonfinite_no_ckpt"; fi
 
 # ---- 5. a damaged newest checkpoint ---------------------------------------------------------
 # Checkpoints at 3, 6, 9 (steps=12 as in resume_prefixlm); step 12's is removed. The newest (9)
@@ -383,6 +402,13 @@ else
   elif [ "$s34" != "$all" ]; then fail "warmup_cross" "step 4 changed [$s34], expected every tensor [$all]"
   elif ! grep -q "warm-up over at step 3" "$W/warmup.out"; then fail "warmup_cross" "no 'warm-up over at step 3' line"
   else pass "warmup_cross"; fi
+  # the start line counts what the warm-up trains (the cross-attention tensors), the end of the
+  # warm-up every parameter
+  nc=$(h nparams "$W/wu_run/ckpt-00000005.h5" cross_attn); na=$(h nparams "$W/wu_run/ckpt-00000005.h5" .)
+  wc=$(awk -v n="$nc" 'BEGIN { printf "%.2fM trainable during the cross-attention warm-up", n / 1e6 }')
+  wa=$(awk -v n="$na" 'BEGIN { printf "training all parameters (%.1fM trainable)", n / 1e6 }')
+  if grep -qF "($wc)" "$W/warmup.out" && grep -qF "warm-up over at step 3: $wa" "$W/warmup.out"; then pass "warmup_cross_counts"
+  else fail "warmup_cross_counts" "expected '($wc)' and '$wa' ($nc cross-attention of $na parameters): $(grep -e '^train: .*param' -e 'warm-up' "$W/warmup.out" | tr '\n' ' ')"; fi
   # warmup_cross_rewarm=2: the lr of updates 4 and 5 (the first two with every tensor training) is
   # the schedule's times 1/2 and 2/2; copy.json's schedule is a linear warm-up of 20 steps to 5e-3
   if train warmup_rw copy.json init=unequal model= warmup_cross_steps=3 warmup_cross_rewarm=2 steps=6 log_every=1 \
@@ -463,9 +489,11 @@ else fail "learn_causal" "teacher run failed: $(tailmsg teacher)"; fi
 # Each must exit non-zero with a message naming the key (or the model and objective).
 cfg_case() {   # NAME EXPECTED-TEXT ARGS...
   local n=$1 want=$2; shift 2
-  if train "cfg_$n" "$@" steps=2 run_dir=cfg_run; then fail "config_$n" "exit status 0"
+  rm -rf "$W/cfg_run"   # (steps=2 after the config file: the case's own keys override it)
+  if train "cfg_$n" "$1" steps=2 "${@:2}" run_dir=cfg_run; then fail "config_$n" "exit status 0"
   elif ! grep -qF -- "$want" "$W/cfg_$n.out"; then fail "config_$n" "message lacks '$want': $(tailmsg "cfg_$n")"
   elif grep -q "^step " "$W/cfg_$n.out"; then fail "config_$n" "trained before refusing"
+  elif [ -e "$W/cfg_run" ]; then fail "config_$n" "the failed run left its run directory: $(ls "$W/cfg_run" | tr '\n' ' ')"
   else pass "config_$n"; fi
 }
 echo '{"model": "t5.json", "data": "copy", "lerning_rate": 0.1}' >"$W/bad_key.json"
@@ -487,6 +515,65 @@ cfg_case ul2_without_tokenizer 'objective ul2 needs tokenizer' copy.json objecti
 cfg_case missing_data 'needs data' copy.json data=
 # a step whose activations cannot fit in this machine's memory is refused before any step runs
 cfg_case memory 'train needs about' copy.json batch_size=4000000
+# ranges: booleans 0/1, counts, rates; lengths within the model's max_position_embeddings (512)
+cfg_case range_clip 'clip must be finite and >= 0, found -1' copy.json clip=-1
+cfg_case range_threads 'threads must be >= 0, found -1' copy.json threads=-1
+cfg_case range_packed 'packed must be 0 or 1, found 2' copy.json packed=2
+cfg_case range_recompute 'recompute must be 0 or 1, found 7' copy.json recompute=7
+cfg_case range_steps 'steps must be >= 1, found 0' copy.json steps=0
+cfg_case range_lr_nan 'lr must be finite and >= 0, found nan' copy.json lr=nan
+cfg_case range_beta2 'beta2 must be in [0, 1), found 1' copy.json beta2=1
+cfg_case range_eval_batches 'eval_every=5 asks for validation but eval_batches=0' copy.json eval_every=5 eval_batches=0
+cfg_case enc_len_max_pos "enc_len=600 is larger than the encoder's max_position_embeddings 512" copy.json enc_len=600
+cfg_case seq_len_max_pos "seq_len=513 is larger than the model's max_position_embeddings 512" copy.json model=g2.json objective=causal seq_len=513
+cfg_case missing_init 'init=nowhere: no such file or directory' copy.json init=nowhere model=
+cfg_case missing_model_config 'nowhere.json' copy.json model=nowhere.json
+# validation data: eval_every > 0 needs it (checked before training); eval_every=0 goes on with a note
+cp -r "$W/copy" "$W/copy_noval" && rm "$W/copy_noval"/val-*.tks
+"$BIN" data prepare --format tokens --vocab-size 64 --bos-id 2 --eos-id 1 --pad-id 0 --doc-sep line \
+  --val-docs 0 --out "$W/copy_val0" "$W/copyvar.txt" >"$W/prep4.out" 2>&1 || fail "val_setup" "$(tail -n 2 "$W/prep4.out")"
+cfg_case val_misnamed 'eval_every=1 asks for a validation loss, but dataset copy has no split "nope" (splits: train with 3936 documents, val with 64 documents); set val_split' copy.json val_split=nope eval_every=1
+cfg_case val_shard_deleted 'split "val" of dataset copy_noval (64 documents in index.json) cannot be read: copy_noval/val-00000.tks' copy.json data=copy_noval eval_every=1
+cfg_case val_empty 'split "val" of dataset copy_val0 is empty (0 documents' copy.json data=copy_val0 eval_every=1
+if grep -q "or eval_every=0 to train without validation" "$W/cfg_val_misnamed.out"; then pass "val_suggests_eval_every_0"
+else fail "val_suggests_eval_every_0" "$(tailmsg cfg_val_misnamed)"; fi
+if train val_note copy.json val_split=nope steps=1 run_dir=val_note_run &&
+   grep -q 'no validation loss: dataset copy has no split "nope"' "$W/val_note.out"; then pass "val_missing_note"
+else fail "val_missing_note" "eval_every=0 without a validation split: $(tailmsg val_note)"; fi
+
+# a fresh run in a directory holding another run's checkpoints is refused and touches nothing
+# (copy_run of case 1: ckpt-00000400.h5, hf/, logs)
+before=$(cd "$W/copy_run" && ls -l --full-time -R . | md5sum)
+if train refuse copy.json run_dir=copy_run steps=2; then fail "rundir_refuse" "exit status 0"
+elif ! grep -qF "run_dir copy_run already holds 1 checkpoint(s) of an earlier run (newest copy_run/ckpt-00000400.h5, step 400)" "$W/refuse.out" ||
+     ! grep -qF "(resume=copy_run), choose another run_dir, or pass overwrite=1" "$W/refuse.out"; then fail "rundir_refuse" "message: $(tailmsg refuse)"
+elif [ "$(cd "$W/copy_run" && ls -l --full-time -R . | md5sum)" != "$before" ]; then fail "rundir_refuse" "copy_run was modified"
+else pass "rundir_refuse"; fi
+# overwrite=1: the earlier run's checkpoints (and a writer's leftover temporary), hf/ and logs go
+# first; other files stay
+if train ow0 copy.json run_dir=ow_run steps=2 save_every=1 && touch "$W/ow_run/ckpt-00000003.h5.tmp.999999" "$W/ow_run/notes.txt" &&
+   train ow1 copy.json run_dir=ow_run steps=1 overwrite=1 log_every=1; then
+  got=$(cd "$W/ow_run" && ls | tr '\n' ' ')
+  if [ "$got" != "ckpt-00000001.h5 hf metrics.jsonl notes.txt train.log train_config.json " ]; then fail "rundir_overwrite" "files after overwrite=1: $got"
+  elif [ "$(grep -c '"step"' "$W/ow_run/metrics.jsonl")" != 2 ] || grep -q '"step": 2' "$W/ow_run/metrics.jsonl"; then fail "rundir_overwrite" "metrics.jsonl still has the earlier run's lines"
+  elif ! grep -q "overwrite: deleted the earlier run in ow_run (3 checkpoint file(s)" "$W/ow1.out"; then fail "rundir_overwrite" "no 'overwrite: deleted' line: $(head -n 2 "$W/ow1.out" | tr '\n' ' ')"
+  elif ! grep -q '"overwrite":	0' "$W/ow_run/train_config.json"; then fail "rundir_overwrite" "train_config.json keeps overwrite=1 (a copy of it would delete runs)"
+  else pass "rundir_overwrite"; fi
+else fail "rundir_overwrite" "a run failed: $(tailmsg ow0) $(tailmsg ow1)"; fi
+
+# resume with another model: the checkpoints are intact; the message names the differing field
+if train other copy.json resume=copy_run model=t5-512.json; then fail "resume_other_model" "exit status 0"
+elif ! grep -qF "the configured model (model=t5-512.json) does not match the model of the run in copy_run" "$W/other.out" ||
+     ! grep -qF "encoder.vocab_size is 512 here, 64 in the run" "$W/other.out"; then fail "resume_other_model" "message: $(tailmsg other)"
+elif grep -q "falling back\|none of the\|is missing" "$W/other.out"; then fail "resume_other_model" "calls the checkpoints damaged: $(tailmsg other)"
+elif [ "$(cd "$W/copy_run" && ls -l --full-time -R . | md5sum)" != "$before" ]; then fail "resume_other_model" "copy_run was modified"
+else pass "resume_other_model"; fi
+
+# --help: every ul2_mixture form; keep_last=0 keeps every checkpoint
+hlp=$("$BIN" train --help 2>&1)
+if echo "$hlp" | grep -q "ul2_mixture .*t5gemma2 | ul2 | t5.*span:MU:R\[:W\[:MODE\]\].*suffix:R" &&
+   echo "$hlp" | grep -q "keep_last .*0 = keep all"; then pass "help"
+else fail "help" "ul2_mixture / keep_last lines: $(echo "$hlp" | grep -e ul2_mixture -e keep_last | tr '\n' ' ')"; fi
 
 # keep_last=3 keeps the newest 3 checkpoints; average_last=2 exports the mean of the last two
 # (f32 sum, then x 1/2: exact)

@@ -21,6 +21,7 @@
  * (seed, step, micro-batch, rank); so a resumed run repeats an uninterrupted one bit for bit on
  * the same machine and thread count.
  */
+#define _GNU_SOURCE   /* nftw (remove_earlier_run) */
 #include "data/objectives.h"
 #include "data/shards.h"
 #include "data/tokenizer.h"
@@ -36,9 +37,16 @@
 #include "train/dist.h"
 #include "train/signals.h"
 #include "train/train_config.h"
+#include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
 #include <math.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define MAX_DENOISERS 16
@@ -78,6 +86,9 @@ typedef struct Trainer {
   double last_val_loss;
   int64_t (*reduced)[2];        /* ranges already summed across ranks during backward */
   int n_reduced, cap_reduced;
+  char no_val[1024];            /* why there is no validation (eval_every=0), for the log; "" = there is */
+  int cleanup;                  /* rank 0, fresh run, before the first step: fail() removes what the run created */
+  int made_dir;                 /* run_dir was created by this run */
 } Trainer;
 
 static void tlog(Trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -89,7 +100,24 @@ static void tlog(Trainer *t, const char *fmt, ...) {
   if (t->log) { va_start(ap, fmt); vfprintf(t->log, fmt, ap); va_end(ap); fflush(t->log); }
 }
 
+/* A fresh run that fails before its first step leaves nothing behind: its train.log,
+ * metrics.jsonl, train_config.json and, when it created it, the run directory. */
+static void remove_created(Trainer *t) {
+  if (!t->cleanup) return;
+  t->cleanup = 0;
+  if (t->log) { fclose(t->log); t->log = NULL; }
+  if (t->metrics) { fclose(t->metrics); t->metrics = NULL; }
+  const char *names[] = {"train.log", "metrics.jsonl", "train_config.json"};
+  for (int i = 0; i < 3; i++) {
+    char *p = t5g_path_join(t->tc.run_dir, names[i]);
+    unlink(p);
+    free(p);
+  }
+  if (t->made_dir) rmdir(t->tc.run_dir);   /* only when empty */
+}
+
 static void fail(Trainer *t) {
+  remove_created(t);
   if (dist_active()) dist_abort(t5g_last_error());
   t5g_die_last();
 }
@@ -101,6 +129,18 @@ static int is_encdec_objective(const TrainConfig *tc, const Model *m) {
 }
 
 /* ---- model, tokenizer, data --------------------------------------------------------------- */
+
+/* The configured input paths exist (checked before anything is loaded or created, so the error
+ * names the key): init, data, tokenizer, teacher, sft_data, sft_val_data. */
+static int check_paths(const TrainConfig *tc) {
+  const struct { const char *key, *path; } p[] = {
+    {"init", tc->init}, {"data", tc->data}, {"tokenizer", tc->tokenizer}, {"teacher", tc->teacher},
+    {"sft_data", tc->sft_data}, {"sft_val_data", tc->sft_val_data}};
+  for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+    if (p[i].path[0] && !t5g_file_exists(p[i].path))
+      return t5g_error("train config: %s=%s: no such file or directory", p[i].key, p[i].path);
+  return 0;
+}
 
 static void setup_model(Trainer *t) {
   TrainConfig *tc = &t->tc;
@@ -245,6 +285,146 @@ static void setup_data(Trainer *t) {
   if (!t->obj) fail(t);
   t->mb = t5g_calloc(tc->grad_accum, sizeof(Batch));
   for (int k = 0; k < tc->grad_accum; k++) obj_batch_alloc(t->obj, &t->mb[k], tc->batch_size);
+}
+
+/* The configured lengths must fit the model's position range (max_position_embeddings of the
+ * stack that reads them): RoPE itself has no limit, but a model is only trained and released for
+ * positions below it. Errors name the key, its value and the model's limit. */
+static int check_lengths(const Trainer *t) {
+  const TrainConfig *tc = &t->tc;
+  const ModelConfig *mc = &t->m.cfg;
+  const char *name = tc->init[0] ? tc->init : tc->model;
+  if (is_encdec_objective(tc, &t->m)) {
+    if (tc->enc_len > mc->enc.max_position_embeddings)
+      return t5g_error("train config: enc_len=%d is larger than the encoder's max_position_embeddings %d (%s)", tc->enc_len, mc->enc.max_position_embeddings, name);
+    if (tc->dec_len > mc->dec.max_position_embeddings)
+      return t5g_error("train config: dec_len=%d is larger than the decoder's max_position_embeddings %d (%s)", tc->dec_len, mc->dec.max_position_embeddings, name);
+  } else if (tc->seq_len > mc->dec.max_position_embeddings) {
+    return t5g_error("train config: seq_len=%d is larger than the model's max_position_embeddings %d (%s)", tc->seq_len, mc->dec.max_position_embeddings, name);
+  }
+  return 0;
+}
+
+static Objective *make_objective(Trainer *t, DocSource src, const DocSeeker *seeker, SftData *sft, uint64_t seed, int rank, int world, int epochs);
+
+/* Is there validation data? Checked at start, before the run directory is touched: the
+ * validation split must exist in the dataset, open, and give at least one batch with target
+ * tokens (on some rank) for the objective; for sft, sft_val_data must give one. Returns 1 when
+ * it does, 0 with the reason in why[] when it does not (missing or misnamed split, missing shard,
+ * empty split, no batch); a corrupted frame is an error (fail). Collective under MPI. */
+static int validation_available(Trainer *t, char *why, size_t n) {
+  TrainConfig *tc = &t->tc;
+  why[0] = 0;
+  ShardReader *r = NULL;
+  Objective *o = NULL;
+  if (!strcmp(tc->objective, "sft")) {
+    if (!t->sft_val) { snprintf(why, n, "sft_val_data is empty (no validation JSONL)"); return 0; }
+    o = make_objective(t, (DocSource){0}, NULL, t->sft_val, tc->seed, t->rank, t->world, 1);
+  } else {
+    DatasetIndex *ix = dataset_index_load(tc->data);
+    if (!ix) fail(t);
+    const SplitInfo *sp = dataset_index_split(ix, tc->val_split);
+    if (!sp || sp->documents == 0) {
+      size_t k = 0;
+      k += snprintf(why + k, n - k, sp ? "split \"%s\" of dataset %s is empty (0 documents; splits: " : "dataset %s has no split \"%s\" (splits: ",
+                    sp ? tc->val_split : tc->data, sp ? tc->data : tc->val_split);
+      for (int i = 0; i < ix->n_splits && k < n; i++)
+        k += snprintf(why + k, n - k, "%s%s with %lld documents", i ? ", " : "", ix->splits[i].name, (long long)ix->splits[i].documents);
+      if (k < n) snprintf(why + k, n - k, "%s)", ix->n_splits ? "" : "none");
+      dataset_index_free(ix);
+      return 0;
+    }
+    int64_t docs = sp->documents;
+    dataset_index_free(ix);
+    r = open_reader(t, tc->val_split, t->rank, t->world, tc->seed, 0);
+    int64_t bad = r ? 0 : 1;
+    dist_allreduce_sum_i64(&bad, 1);
+    if (bad) {
+      snprintf(why, n, "split \"%s\" of dataset %s (%lld documents in index.json) cannot be read: %s", tc->val_split, tc->data,
+               (long long)docs, r ? "on another rank" : t5g_last_error());
+      if (r) shard_reader_close(r);
+      return 0;
+    }
+    o = make_objective(t, shard_reader_source_epoch(r), NULL, NULL, rank_seed(tc->seed ^ 0x7a1, t->rank), t->rank, t->world, 1);
+  }
+  if (!o) fail(t);
+  Batch b;
+  obj_batch_alloc(o, &b, tc->batch_size);
+  int rc = obj_next_batch(o, &b);
+  if (rc < 0) fail(t);   /* a corrupted frame: an error, not a missing split */
+  int64_t got = rc > 0 && b.n_targets > 0;
+  batch_free(&b);
+  obj_free(o);
+  if (r) shard_reader_close(r);
+  dist_allreduce_sum_i64(&got, 1);
+  if (!got) {
+    if (!strcmp(tc->objective, "sft")) snprintf(why, n, "%s gives no validation example for objective sft", tc->sft_val_data);
+    else snprintf(why, n, "split \"%s\" of dataset %s gives no validation batch for objective %s (documents too short?)",
+                  tc->val_split, tc->data, tc->objective);
+  }
+  return got > 0;
+}
+
+/* 1 when a and b name the same existing directory. */
+static int same_dir(const char *a, const char *b) {
+  char ra[PATH_MAX], rb[PATH_MAX];
+  if (!realpath(a, ra) || !realpath(b, rb)) return strcmp(a, b) == 0;
+  return strcmp(ra, rb) == 0;
+}
+
+/* A fresh run (or a resumed one writing into another directory) must not mix its checkpoints with
+ * an earlier run's: export and average_last would take the newest files, whichever run wrote
+ * them. Refused (touching nothing) unless overwrite=1. */
+static int check_run_dir(const TrainConfig *tc) {
+  if (tc->resume[0] && same_dir(tc->resume, tc->run_dir)) return 0;
+  CkptFile *f = NULL;
+  int n = 0;
+  if (ckpt_list(tc->run_dir, &f, &n) != 0) return -1;
+  int r = 0;
+  if (n > 0 && !tc->overwrite)
+    r = t5g_error("train: run_dir %s already holds %d checkpoint(s) of an earlier run (newest %s, step %lld); a new run there would "
+                  "mix its checkpoints with them (export and average_last take the newest files). Resume that run (resume=%s), "
+                  "choose another run_dir, or pass overwrite=1 to delete the earlier run's checkpoints, hf/, train.log, "
+                  "metrics.jsonl and train_config.json first", tc->run_dir, n, f[n - 1].path, (long long)f[n - 1].step, tc->run_dir);
+  ckpt_list_free(f, n);
+  return r;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st; (void)ftw;
+  return (flag == FTW_DP ? rmdir(path) : unlink(path)) != 0 ? -1 : 0;
+}
+
+/* overwrite=1: delete the earlier run in dir: checkpoints (ckpt-*.h5 and their temporaries
+ * ckpt-*.h5.tmp*), hf/, train.log, metrics.jsonl, train_config.json. Other files stay.
+ * Returns the number of checkpoint files deleted, or -1 with an error naming the file. */
+static int remove_earlier_run(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return 0;   /* no directory: nothing to delete */
+  int n = 0, rc = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    const char *nm = e->d_name;
+    size_t L = strlen(nm);
+    int ck = !strncmp(nm, "ckpt-", 5) && ((L > 8 && !strcmp(nm + L - 3, ".h5")) || strstr(nm, ".h5.tmp"));
+    if (!ck) continue;
+    char *p = t5g_path_join(dir, nm);
+    if (unlink(p) != 0) rc = t5g_error("%s: cannot delete (overwrite=1): %s", p, strerror(errno));
+    else n++;
+    free(p);
+  }
+  closedir(d);
+  const char *files[] = {"train.log", "metrics.jsonl", "train_config.json"};
+  for (int i = 0; i < 3 && rc == 0; i++) {
+    char *p = t5g_path_join(dir, files[i]);
+    if (unlink(p) != 0 && errno != ENOENT) rc = t5g_error("%s: cannot delete (overwrite=1): %s", p, strerror(errno));
+    free(p);
+  }
+  char *hf = t5g_path_join(dir, "hf");
+  if (rc == 0 && t5g_file_exists(hf) && nftw(hf, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+    rc = t5g_error("%s: cannot delete (overwrite=1): %s", hf, strerror(errno));
+  free(hf);
+  return rc ? -1 : n;
 }
 
 /* ---- losses ------------------------------------------------------------------------------- */
@@ -492,6 +672,65 @@ static int load_checkpoint(Ckpt *c, void *ud) {
   return 0;
 }
 
+/* The first architectural difference between two model configs (the fields that decide the
+ * parameters' names, shapes and meaning; dropout, initializer_range and encoder_causal are
+ * training choices and may change on resume): writes "FIELD is A here, B in the run" to out and
+ * returns 1, or returns 0 when they match. */
+static int model_config_diff(const ModelConfig *a, const ModelConfig *b, char *out, size_t n) {
+  if (a->kind != b->kind) {
+    snprintf(out, n, "the model is a %s here, a %s in the run", a->kind == MODEL_T5GEMMA ? "T5Gemma" : "Gemma 2", b->kind == MODEL_T5GEMMA ? "T5Gemma" : "Gemma 2");
+    return 1;
+  }
+#define CMP_I(pre, f, x, y) if ((x).f != (y).f) { snprintf(out, n, "%s" #f " is %d here, %d in the run", pre, (int)(x).f, (int)(y).f); return 1; }
+#define CMP_F(pre, f, x, y) if ((x).f != (y).f) { snprintf(out, n, "%s" #f " is %g here, %g in the run", pre, (double)(x).f, (double)(y).f); return 1; }
+  for (int k = a->kind == MODEL_T5GEMMA ? 0 : 1; k < 2; k++) {
+    const StackConfig *x = k ? &a->dec : &a->enc, *y = k ? &b->dec : &b->enc;
+    const char *pre = a->kind != MODEL_T5GEMMA ? "" : k ? "decoder." : "encoder.";
+    CMP_I(pre, vocab_size, *x, *y) CMP_I(pre, hidden_size, *x, *y) CMP_I(pre, intermediate_size, *x, *y)
+    CMP_I(pre, num_hidden_layers, *x, *y) CMP_I(pre, num_attention_heads, *x, *y) CMP_I(pre, num_key_value_heads, *x, *y)
+    CMP_I(pre, head_dim, *x, *y) CMP_I(pre, cross_attention_hidden_size, *x, *y) CMP_I(pre, sliding_window, *x, *y)
+    CMP_I(pre, max_position_embeddings, *x, *y) CMP_F(pre, query_pre_attn_scalar, *x, *y) CMP_F(pre, rope_theta, *x, *y)
+    CMP_F(pre, rms_norm_eps, *x, *y) CMP_F(pre, attn_logit_softcapping, *x, *y) CMP_F(pre, final_logit_softcapping, *x, *y)
+    if (strcmp(x->hidden_activation, y->hidden_activation))
+      { snprintf(out, n, "%shidden_activation is %s here, %s in the run", pre, x->hidden_activation, y->hidden_activation); return 1; }
+    for (int i = 0; i < x->num_hidden_layers; i++)
+      if (x->layer_sliding[i] != y->layer_sliding[i]) {
+        snprintf(out, n, "%slayer_types[%d] is %s here, %s in the run", pre, i, x->layer_sliding[i] ? "sliding_attention" : "full_attention",
+                 y->layer_sliding[i] ? "sliding_attention" : "full_attention");
+        return 1;
+      }
+  }
+  CMP_I("", tie_word_embeddings, *a, *b) CMP_I("", embed_scale_bf16, *a, *b)
+#undef CMP_I
+#undef CMP_F
+  return 0;
+}
+
+/* Resume with another model (init= or model= on the command line): the newest checkpoint that
+ * opens stores the run's model config; a configured model that differs is an error naming the
+ * first differing field (the checkpoints are fine; they belong to another model). A checkpoint
+ * whose config cannot be read is left to ckpt_load_latest (damage is reported there). */
+static int check_resume_model(Trainer *t) {
+  const TrainConfig *tc = &t->tc;
+  int64_t step = 0;
+  char *path = ckpt_find_latest(tc->resume, &step);
+  if (!path) return 0;
+  Ckpt *c = ckpt_open(path);
+  char *js = c && ckpt_has(c, CKPT_MODEL_CONFIG) ? ckpt_get_str(c, CKPT_MODEL_CONFIG) : NULL;
+  if (c) ckpt_close(c);
+  ModelConfig run;
+  char diff[256];
+  int r = 0;
+  if (js && config_parse(js, path, &run) == 0 && model_config_diff(&t->m.cfg, &run, diff, sizeof diff))
+    r = t5g_error("train: the configured model (%s%s) does not match the model of the run in %s (as stored in %s): %s. "
+                  "The checkpoints are intact; resume with the run's own model (drop init=/model= from the command line), "
+                  "or start a new run in another run_dir", tc->init[0] ? "init=" : "model=", tc->init[0] ? tc->init : tc->model,
+                  tc->resume, path, diff);
+  free(js);
+  free(path);
+  return r;
+}
+
 /* ---- the loop ----------------------------------------------------------------------------- */
 
 /* After a resume, drop metrics.jsonl lines of steps past the checkpoint (written by the run that
@@ -525,8 +764,10 @@ static void set_warmup(Trainer *t) {
   static int state = -1;
   if (on != state) {
     model_set_cross_attn_only(&t->m, on);
-    if (on) tlog(t, "warm-up: training cross-attention only until step %d (spec 3.1)\n", t->warmup_cross);
-    else if (state == 1) tlog(t, "warm-up over at step %lld: training all parameters\n", (long long)t->step);
+    if (on) tlog(t, "warm-up: training cross-attention only (%.2fM of %.1fM parameters) until step %d (spec 3.1)\n",
+                 params_count_trainable(&t->m.ps) / 1e6, params_count(&t->m.ps, NULL) / 1e6, t->warmup_cross);
+    else if (state == 1) tlog(t, "warm-up over at step %lld: training all parameters (%.1fM trainable)\n", (long long)t->step,
+                              params_count_trainable(&t->m.ps) / 1e6);
     state = on;
   }
 }
@@ -651,6 +892,17 @@ static void test_perturb_weights(Trainer *t) {
   if (r && k && atoi(r) == t->rank && atoll(k) == t->step && t->m.ps.n_total > 0) t->m.ps.data[0] += 1e-3f;
 }
 
+/* The signal that asked this job to stop (SIGINT, SIGTERM or SIGUSR1), agreed by all ranks (a
+ * signal may reach only some of them), or 0. With several kinds, SIGINT wins, then SIGTERM. */
+static int stop_signal(void) {
+  int s = t5g_stop_requested();
+  int64_t v[3] = {s == SIGINT, s == SIGTERM, s == SIGUSR1};
+  dist_allreduce_sum_i64(v, 3);
+  return v[0] ? SIGINT : v[1] ? SIGTERM : v[2] ? SIGUSR1 : 0;
+}
+
+static const char *signal_name(int s) { return s == SIGINT ? "SIGINT" : s == SIGTERM ? "SIGTERM" : s == SIGUSR1 ? "SIGUSR1" : "a signal"; }
+
 static void usage_error(const char *msg) {
   fprintf(stderr, "t5gemma train: %s\n", msg);
   train_config_print_help();
@@ -690,36 +942,35 @@ int cmd_train(int argc, char **argv) {
     if (strcmp(tc->run_dir, "runs/run") == 0 || !tc->run_dir[0]) snprintf(tc->run_dir, sizeof tc->run_dir, "%s", tc->resume);
   }
   if (train_config_validate(tc) != 0) fail(t);
+  /* A run that fails here leaves nothing behind: everything that can be checked (the run
+   * directory, the model, tokenizer, data, validation split, lengths, memory, optimizer and
+   * schedule settings, a resume's model) is checked before the run directory is touched. */
+  if (check_run_dir(tc) != 0 || check_paths(tc) != 0) fail(t);
   if (tc->threads > 0) t5g_set_threads(tc->threads);
   dist_check_threads(t5g_threads());
-  if (t->rank == 0 && t5g_mkdir_p(tc->run_dir) != 0) fail(t);
-  dist_barrier();
-  if (t->rank == 0) {
-    char *lp = t5g_path_join(tc->run_dir, "train.log"), *mp = t5g_path_join(tc->run_dir, "metrics.jsonl");
-    t->log = fopen(lp, tc->resume[0] ? "a" : "w");
-    t->metrics = fopen(mp, tc->resume[0] ? "a" : "w");
-    if (!t->log || !t->metrics) { t5g_error("%s: cannot write train.log / metrics.jsonl", tc->run_dir); fail(t); }
-    free(lp); free(mp);
-  }
   setup_model(t);
+  if (check_lengths(t) != 0) fail(t);
   setup_tokenizer(t);
   setup_data(t);
+  if (!validation_available(t, t->no_val, sizeof t->no_val)) {
+    if (tc->eval_every > 0) {
+      t5g_error("train: eval_every=%d asks for a validation loss, but %s; set val_split (or sft_val_data) to validation data, "
+                "or eval_every=0 to train without validation", tc->eval_every, t->no_val);
+      fail(t);
+    }
+  }
   int encdec = is_encdec_objective(tc, &t->m);
   int Te = encdec ? obj_enc_len(t->obj) : 0, Td = obj_dec_len(t->obj);
   /* memory: refuse before allocating activations (and before loading a teacher) */
   MemEstimate me = memory_train_distill(&t->m.cfg, tc->batch_size, Te, Td, tc->recompute, t->world, tc->zero1,
                                         t->has_teacher ? &t->teacher_cfg : NULL, !strcmp(tc->teacher_dtype, "bf16"), tc->distill_topk);
   if (memory_check("train", me.total) != 0) fail(t);
-  load_teacher(t);
   /* optimizer */
   AdamWConfig ac;
   adamw_config_default(&ac);
   ac.beta1 = tc->beta1; ac.beta2 = tc->beta2; ac.eps = tc->eps; ac.weight_decay = tc->weight_decay;
   ac.decay_embed = tc->decay_embeddings; ac.max_grad_norm = tc->clip;
   if (adamw_config_check(&ac, "train config") != 0) fail(t);
-  t->lo = 0; t->hi = t->m.ps.n_total;
-  if (tc->zero1 && t->world > 1) dist_slice(t->m.ps.n_total, t->rank, &t->lo, &t->hi);
-  if (adamw_init(&t->opt, &t->m.ps, &ac, t->lo, t->hi) != 0) fail(t);
   lr_schedule_default(&t->sched);
   if (lr_decay_parse(tc->schedule, &t->sched.decay) != 0) fail(t);
   t->sched.peak_lr = tc->lr;
@@ -731,6 +982,28 @@ int cmd_train(int argc, char **argv) {
     t->sched.rewarm_steps = tc->warmup_cross_rewarm;
   }
   if (tc->lr > 0 && lr_schedule_check(&t->sched, "train config") != 0) fail(t);
+  if (tc->resume[0] && check_resume_model(t) != 0) fail(t);
+  /* the run directory: created (or, with overwrite=1, cleared of the earlier run) only now */
+  int fresh = !tc->resume[0] || !same_dir(tc->resume, tc->run_dir);
+  if (t->rank == 0) {
+    int removed = 0;
+    if (fresh && tc->overwrite && (removed = remove_earlier_run(tc->run_dir)) < 0) fail(t);
+    t->made_dir = !t5g_file_exists(tc->run_dir);
+    if (t5g_mkdir_p(tc->run_dir) != 0) fail(t);
+    t->cleanup = fresh;
+    char *lp = t5g_path_join(tc->run_dir, "train.log"), *mp = t5g_path_join(tc->run_dir, "metrics.jsonl");
+    t->log = fopen(lp, fresh ? "w" : "a");
+    t->metrics = fopen(mp, fresh ? "w" : "a");
+    if (!t->log || !t->metrics) { t5g_error("%s: cannot write train.log / metrics.jsonl", tc->run_dir); fail(t); }
+    free(lp); free(mp);
+    if (fresh && tc->overwrite && removed > 0) tlog(t, "overwrite: deleted the earlier run in %s (%d checkpoint file(s), hf/, logs)\n", tc->run_dir, removed);
+  }
+  dist_barrier();
+  if (t->no_val[0]) tlog(t, "train: no validation loss: %s (eval_every=0: training goes on without it)\n", t->no_val);
+  load_teacher(t);
+  t->lo = 0; t->hi = t->m.ps.n_total;
+  if (tc->zero1 && t->world > 1) dist_slice(t->m.ps.n_total, t->rank, &t->lo, &t->hi);
+  if (adamw_init(&t->opt, &t->m.ps, &ac, t->lo, t->hi) != 0) fail(t);
   arena_init(&t->arena, 0);
   graph_init(&t->g, &t->arena);
   t->g.profile = 1;
@@ -743,7 +1016,7 @@ int cmd_train(int argc, char **argv) {
     if (rc == 0) tlog(t, "resume: no checkpoint in %s, starting from step 0\n", tc->resume);
     else tlog(t, "resume: %s (step %lld)\n", loaded, (long long)t->step);
     free(loaded);
-    if (t->rank == 0) trim_metrics(t);
+    if (t->rank == 0 && !fresh) trim_metrics(t);
   }
   /* everything identical on every rank from here */
   if (!dist_same_u64(weights_checksum(&t->m.ps))) { t5g_error("train: weights differ across ranks at start"); fail(t); }
@@ -752,9 +1025,11 @@ int cmd_train(int argc, char **argv) {
   t->Td = Td;
   ParamCounts pc = config_param_counts(&t->m.cfg);
   char b1[32], b2[32];
-  tlog(t, "train: %s, %s, %.1fM parameters (%.1fM trainable), objective %s, %d rank(s) x %d thread(s), OpenBLAS %s\n",
+  set_warmup(t);   /* freezes all but cross-attention during the unequal pair's warm-up: counted below */
+  tlog(t, "train: %s, %s, %.1fM parameters (%.*fM trainable%s), objective %s, %d rank(s) x %d thread(s), OpenBLAS %s\n",
        tc->init[0] ? tc->init : tc->model, t->m.cfg.kind == MODEL_T5GEMMA ? "T5Gemma" : "Gemma 2", pc.total / 1e6,
-       params_count_trainable(&t->m.ps) / 1e6, tc->objective, t->world, t5g_threads(), t5g_blas_core());
+       t->step < t->warmup_cross ? 2 : 1, params_count_trainable(&t->m.ps) / 1e6,
+       t->step < t->warmup_cross ? " during the cross-attention warm-up" : "", tc->objective, t->world, t5g_threads(), t5g_blas_core());
   tlog(t, "train: batch %d x %d micro-batch(es) x %d rank(s), lengths enc %d dec %d, %d steps, lr %g (%s, warm-up %d), predicted memory %s per rank, sgemm peak %.0f GFLOP/s (MFU = model FLOPs / time / this)\n",
        tc->batch_size, tc->grad_accum, t->world, Te, Td, tc->steps, tc->lr, tc->schedule, tc->warmup_steps,
        t5g_fmt_bytes((double)me.total, b1, sizeof b1), t->gemm_gflops);
@@ -768,7 +1043,8 @@ int cmd_train(int argc, char **argv) {
   t->t_start = t5g_now();
   double t_last = t5g_now();   /* start of the logging interval; validation and saving are excluded */
   int64_t rows_since = 0, steps_since = 0, targets_since = 0, rows_warm = 0, targets_warm = 0;   /* warm: in the warm-up */
-  int stop = 0;
+  int stop = 0, stop_sig = 0;   /* stop_sig: the signal that stopped the run (exit status 128 + it) */
+  t->cleanup = 0;               /* the run has started: its files stay, whatever happens */
   while (t->step < tc->steps && !stop) {
     double loss, gnorm;
     int64_t toks, targets;
@@ -780,13 +1056,21 @@ int cmd_train(int argc, char **argv) {
       tlog(t, "step %lld: non-finite %s (loss %g, grad norm %g): step skipped (%lld in a row, %lld in all)\n", (long long)t->step + 1,
            isfinite(loss) ? "gradient" : "loss", loss, gnorm, (long long)t->bad_in_row, (long long)t->bad_total);
       if (t->bad_in_row >= tc->max_bad_steps) {
-        t5g_error("train: %lld non-finite steps in a row; stopping. The last good checkpoint is kept in %s (resume=%s); "
-                  "lower lr, check the data, or raise max_bad_steps", (long long)t->bad_in_row, tc->run_dir, tc->run_dir);
+        int64_t ks = 0;
+        char *kp = ckpt_find_latest(tc->run_dir, &ks), where[1024];
+        if (kp) snprintf(where, sizeof where, "The newest checkpoint is %s (step %lld; resume=%s continues from it)", kp, (long long)ks, tc->run_dir);
+        else snprintf(where, sizeof where, "No checkpoint was written yet (%s), so there is nothing to resume from",
+                      tc->save_every > 0 ? "the first is due at a multiple of save_every" : "save_every=0: only at the end");
+        free(kp);
+        t5g_error("train: %lld non-finite steps in a row; stopping. %s; lower lr, check the data, or raise max_bad_steps",
+                  (long long)t->bad_in_row, where);
         fail(t);
       }
-      int64_t sig = t5g_stop_requested();
-      dist_allreduce_sum_i64(&sig, 1);
-      if (sig) { tlog(t, "signal received: stopping (the last checkpoint is kept)\n"); stop = 1; }
+      if ((stop_sig = stop_signal())) {
+        tlog(t, "signal received (%s): stopping without a new checkpoint (this step was skipped); exit status %d\n",
+             signal_name(stop_sig), 128 + stop_sig);
+        stop = 1;
+      }
       continue;
     }
     t->bad_in_row = 0;
@@ -835,9 +1119,11 @@ int cmd_train(int argc, char **argv) {
       }
       t_last += t5g_now() - tv;   /* the interval's rate counts training steps only */
     }
-    int64_t sig = t5g_stop_requested();
-    dist_allreduce_sum_i64(&sig, 1);
-    if (sig) { tlog(t, "signal received: saving a checkpoint at step %lld and stopping\n", (long long)t->step); stop = 1; }
+    if ((stop_sig = stop_signal())) {
+      if (last) { tlog(t, "signal received (%s) at the last step: finishing the run\n", signal_name(stop_sig)); stop_sig = 0; }
+      else tlog(t, "signal received: saving a checkpoint at step %lld and stopping (%s)\n", (long long)t->step, signal_name(stop_sig));
+      stop = 1;
+    }
     int save_now = (tc->save_every > 0 && t->step % tc->save_every == 0) || last || stop;
     test_perturb_weights(t);
     /* the weights must be identical on every rank (rank 0 alone writes them): checked at every
@@ -853,6 +1139,9 @@ int cmd_train(int argc, char **argv) {
       if (save_checkpoint(t) != 0) fail(t);
       t_last += t5g_now() - ts;
     }
+    if (stop_sig)
+      tlog(t, "stopped by %s after step %lld of %d (checkpoint saved; resume=%s continues); exit status %d\n",
+           signal_name(stop_sig), (long long)t->step, tc->steps, tc->run_dir, 128 + stop_sig);
   }
   if (t->step == tc->steps && t->rank == 0) {
     /* the final model in Hugging Face format (optionally the average of the last checkpoints) */
@@ -882,5 +1171,5 @@ int cmd_train(int argc, char **argv) {
   if (t->metrics) fclose(t->metrics);
   dist_barrier();
   dist_finalize();
-  return 0;
+  return stop_sig ? 128 + stop_sig : 0;   /* the shell convention for a process ended by a signal */
 }

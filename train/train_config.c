@@ -10,70 +10,86 @@
 #include <string.h>
 
 typedef enum { K_STR, K_INT, K_DBL, K_FLT, K_U64 } KeyType;
-typedef struct { const char *key; KeyType type; size_t off; size_t size; const char *def; const char *help; } KeyDef;
+/* A numeric key's valid range [lo, hi] (lo_open / hi_open: that end excluded; hi = INFINITY: no
+ * upper bound; doubles must also be finite). is_bool: 0 or 1 only. train_config_validate checks
+ * every numeric key against it, and --help prints it. */
+typedef struct {
+  const char *key; KeyType type; size_t off; size_t size; const char *def; const char *help;
+  double lo, hi; unsigned char lo_open, hi_open, is_bool;
+} KeyDef;
 
-#define S(f, d, h) {#f, K_STR, offsetof(TrainConfig, f), sizeof(((TrainConfig *)0)->f), d, h}
-#define I(f, d, h) {#f, K_INT, offsetof(TrainConfig, f), 0, d, h}
-#define D(f, d, h) {#f, K_DBL, offsetof(TrainConfig, f), 0, d, h}
-#define F(f, d, h) {#f, K_FLT, offsetof(TrainConfig, f), 0, d, h}
-#define U(f, d, h) {#f, K_U64, offsetof(TrainConfig, f), 0, d, h}
+#define NONE INFINITY
+#define S(f, d, h) {#f, K_STR, offsetof(TrainConfig, f), sizeof(((TrainConfig *)0)->f), d, h, 0, 0, 0, 0, 0}
+#define I(f, d, lo, h) {#f, K_INT, offsetof(TrainConfig, f), 0, d, h, lo, INT_MAX, 0, 0, 0}
+#define B(f, d, h) {#f, K_INT, offsetof(TrainConfig, f), 0, d, h, 0, 1, 0, 0, 1}
+#define D(f, d, lo, hi, lo_open, hi_open, h) {#f, K_DBL, offsetof(TrainConfig, f), 0, d, h, lo, hi, lo_open, hi_open, 0}
+#define F(f, d, lo, hi, lo_open, hi_open, h) {#f, K_FLT, offsetof(TrainConfig, f), 0, d, h, lo, hi, lo_open, hi_open, 0}
+#define U(f, d, h) {#f, K_U64, offsetof(TrainConfig, f), 0, d, h, 0, NONE, 0, 0, 0}
 static const KeyDef keys[] = {
   S(model, "", "preset name or config.json for random initialisation (when init is empty)"),
   S(init, "", "Hugging Face checkpoint directory to start from (Gemma 2 or T5Gemma)"),
-  S(run_dir, "runs/run", "output directory: checkpoints, metrics.jsonl, train.log, config.json"),
+  S(run_dir, "runs/run", "output directory: checkpoints, metrics.jsonl, train.log, train_config.json, hf/; "
+                         "a fresh run refuses a directory holding another run's checkpoints (see overwrite)"),
   S(resume, "", "run directory to resume from (newest complete checkpoint)"),
+  B(overwrite, "0", "1: a fresh run in a run_dir holding an earlier run first deletes that run's checkpoints, "
+                    "hf/, train.log, metrics.jsonl and train_config.json"),
   S(objective, "prefixlm", "causal | prefixlm | ul2 | sft"),
   S(data, "", "token shard dataset directory (t5gemma data prepare)"),
   S(train_split, "train", "split used for training"),
-  S(val_split, "val", "split used for validation loss"),
+  S(val_split, "val", "split used for validation loss (must exist and hold documents when eval_every > 0)"),
   S(sft_data, "", "sft: JSONL with messages or prompt/response"),
-  S(sft_val_data, "", "sft: validation JSONL"),
+  S(sft_val_data, "", "sft: validation JSONL (needed when eval_every > 0)"),
   S(tokenizer, "", "tokenizer.json / tokenizer.model (special tokens by name; needed by ul2 and sft; "
                   "without it <pad>/<eos>/<bos> come from the dataset's index.json)"),
-  I(batch_size, "8", "rows per micro-batch"),
-  I(grad_accum, "1", "micro-batches per optimizer step"),
-  I(seq_len, "256", "causal: tokens per row"),
-  I(enc_len, "128", "encoder tokens per row"),
-  I(dec_len, "128", "decoder tokens per row"),
-  I(packed, "0", "1: segment ids, attention stays within documents"),
-  I(prefixlm_random_split, "0", "prefixlm: random split point instead of equal halves"),
-  I(prefixlm_pack, "1", "prefixlm: 1 packed windows of enc_len+dec_len tokens; 0 one document per row"),
-  S(ul2_mixture, "t5gemma2", "ul2 denoiser mixture: t5gemma2 | ul2"),
+  I(batch_size, "8", 1, "rows per micro-batch"),
+  I(grad_accum, "1", 1, "micro-batches per optimizer step"),
+  I(seq_len, "256", 2, "causal: tokens per row (<= the model's max_position_embeddings)"),
+  I(enc_len, "128", 1, "encoder tokens per row (<= the encoder's max_position_embeddings)"),
+  I(dec_len, "128", 1, "decoder tokens per row (<= the decoder's max_position_embeddings)"),
+  B(packed, "0", "1: segment ids, attention stays within documents"),
+  B(prefixlm_random_split, "0", "prefixlm: random split point instead of equal halves"),
+  B(prefixlm_pack, "1", "prefixlm: 1 packed windows of enc_len+dec_len tokens; 0 one document per row"),
+  S(ul2_mixture, "t5gemma2", "ul2 denoiser mixture: a preset t5gemma2 | ul2 | t5, or comma-separated items "
+                             "span:MU:R[:W[:MODE]] (mean span MU, noise density R, weight W, mode token MODE) and "
+                             "suffix:R[:W[:MODE]] / ssuffix:R[:W[:MODE]] (suffix denoiser; ssuffix: sentinel form), "
+                             "e.g. span:3:0.15:1,suffix:0.25:2"),
   S(sentinel_prefix, "<unused", "sentinel token names are <prefix>N>"),
-  D(lr, "3e-4", "peak learning rate"),
-  D(min_lr_ratio, "0.1", "floor of the schedule as a fraction of lr"),
-  D(weight_decay, "0.01", "AdamW decoupled weight decay (matrices only)"),
-  D(beta1, "0.9", "AdamW beta1"),
-  D(beta2, "0.95", "AdamW beta2"),
-  D(eps, "1e-8", "AdamW epsilon"),
-  D(clip, "1.0", "global gradient-norm clipping (0 = off)"),
-  I(warmup_steps, "100", "linear warm-up steps"),
-  I(steps, "1000", "optimizer steps"),
+  D(lr, "3e-4", 0, NONE, 0, 0, "peak learning rate"),
+  D(min_lr_ratio, "0.1", 0, 1, 0, 0, "floor of the schedule as a fraction of lr"),
+  D(weight_decay, "0.01", 0, NONE, 0, 0, "AdamW decoupled weight decay (matrices only)"),
+  D(beta1, "0.9", 0, 1, 0, 1, "AdamW beta1"),
+  D(beta2, "0.95", 0, 1, 0, 1, "AdamW beta2"),
+  D(eps, "1e-8", 0, NONE, 1, 0, "AdamW epsilon"),
+  D(clip, "1.0", 0, NONE, 0, 0, "global gradient-norm clipping (0 = off)"),
+  I(warmup_steps, "100", 0, "linear warm-up steps"),
+  I(steps, "1000", 1, "optimizer steps (the run's total; a resumed run continues to it)"),
   S(schedule, "cosine", "cosine | linear | constant"),
-  I(decay_embeddings, "0", "1: weight decay on embeddings too"),
-  I(warmup_cross_steps, "-1", "cross-attention-only steps (-1: 1000 for unequal pairs, 0 otherwise)"),
-  I(warmup_cross_rewarm, "0", "linear lr ramp of this many steps when the cross-attention warm-up ends (0: none)"),
-  F(dropout, "0", "dropout rate"),
+  B(decay_embeddings, "0", "1: weight decay on embeddings too"),
+  I(warmup_cross_steps, "-1", -1, "cross-attention-only steps (-1: 1000 for unequal pairs, 0 otherwise)"),
+  I(warmup_cross_rewarm, "0", 0, "linear lr ramp of this many steps when the cross-attention warm-up ends (0: none)"),
+  F(dropout, "0", 0, 1, 0, 1, "dropout rate"),
   S(teacher, "", "prefixlm distillation: Gemma 2 teacher checkpoint directory"),
-  D(distill_alpha, "0.5", "weight of the teacher's soft targets"),
-  D(distill_temperature, "1.0", "distillation temperature"),
-  I(distill_topk, "0", "teacher top-k (0 = full distribution)"),
+  D(distill_alpha, "0.5", 0, 1, 0, 0, "weight of the teacher's soft targets"),
+  D(distill_temperature, "1.0", 0, NONE, 1, 0, "distillation temperature"),
+  I(distill_topk, "0", 0, "teacher top-k (0 = full distribution)"),
   S(teacher_dtype, "bf16", "the teacher's weights in memory: bf16 (2 bytes per parameter; exact for bf16 checkpoints) | f32"),
-  I(log_every, "10", "steps between progress lines"),
-  I(eval_every, "0", "steps between validation losses (0 = only at the end)"),
-  I(eval_batches, "8", "validation batches per evaluation"),
-  I(save_every, "0", "steps between checkpoints (0 = only at the end)"),
-  I(keep_last, "3", "checkpoints kept"),
-  I(average_last, "0", "export the average of the last K checkpoints (0 = off)"),
-  I(max_bad_steps, "5", "consecutive non-finite steps before the run stops"),
+  I(log_every, "10", 1, "steps between progress lines"),
+  I(eval_every, "0", 0, "steps between validation losses (0 = only at the end, when a validation split exists)"),
+  I(eval_batches, "8", 0, "validation batches per evaluation (>= 1 when eval_every > 0)"),
+  I(save_every, "0", 0, "steps between checkpoints (0 = only at the end)"),
+  I(keep_last, "3", 0, "newest checkpoints kept, older ones deleted (0 = keep all)"),
+  I(average_last, "0", 0, "export the average of the last K checkpoints (0 = off; needs keep_last 0 or >= K)"),
+  I(max_bad_steps, "5", 1, "consecutive non-finite steps before the run stops"),
   U(seed, "1234", "seed of initialisation, data order, objectives and dropout"),
-  I(threads, "0", "OpenMP/OpenBLAS threads (0 = --threads / OMP_NUM_THREADS / all cores)"),
-  I(recompute, "0", "1: recompute activations in backward (less memory)"),
-  I(encoder_causal, "0", "1: causal encoder (ablation; spec 4.5)"),
-  I(zero1, "0", "MPI: shard AdamW state across ranks (ZeRO stage 1)"),
+  I(threads, "0", 0, "OpenMP/OpenBLAS threads (0 = --threads / OMP_NUM_THREADS / all cores)"),
+  B(recompute, "0", "1: recompute activations in backward (less memory)"),
+  B(encoder_causal, "0", "1: causal encoder (ablation; spec 4.5)"),
+  B(zero1, "0", "MPI: shard AdamW state across ranks (ZeRO stage 1)"),
 };
 #undef S
 #undef I
+#undef B
+#undef NONE
 #undef D
 #undef F
 #undef U
@@ -156,7 +172,37 @@ int train_config_load(TrainConfig *c, const char *path) {
   return r;
 }
 
+/* The range of a numeric key as text: "0 or 1", ">= 1", "in [0, 1)", "finite and > 0". */
+static void range_text(const KeyDef *kd, char *buf, size_t n) {
+  if (kd->is_bool) { snprintf(buf, n, "0 or 1"); return; }
+  if (isinf(kd->hi)) {
+    snprintf(buf, n, "%s%s %.17g", kd->type == K_DBL || kd->type == K_FLT ? "finite and " : "", kd->lo_open ? ">" : ">=", kd->lo);
+    return;
+  }
+  if (kd->type == K_INT && kd->hi == INT_MAX) { snprintf(buf, n, ">= %.17g", kd->lo); return; }
+  snprintf(buf, n, "in %c%.17g, %.17g%c", kd->lo_open ? '(' : '[', kd->lo, kd->hi, kd->hi_open ? ')' : ']');
+}
+
+/* Check one numeric key's value against its range; error "train config: KEY must be RANGE, found V". */
+static int check_range(const TrainConfig *c, const KeyDef *kd) {
+  const void *p = (const char *)c + kd->off;
+  double x;
+  char found[64];
+  switch (kd->type) {
+    case K_INT: x = *(const int *)p; snprintf(found, sizeof found, "%d", *(const int *)p); break;
+    case K_DBL: x = *(const double *)p; snprintf(found, sizeof found, "%g", x); break;
+    case K_FLT: x = *(const float *)p; snprintf(found, sizeof found, "%g", x); break;
+    default: return 0;   /* strings: checked by name below; seed: any 64-bit value */
+  }
+  int ok = isfinite(x) && (kd->lo_open ? x > kd->lo : x >= kd->lo) && (isinf(kd->hi) || (kd->hi_open ? x < kd->hi : x <= kd->hi));
+  if (ok) return 0;
+  char range[96];
+  range_text(kd, range, sizeof range);
+  return t5g_error("train config: %s must be %s, found %s", kd->key, range, found);
+}
+
 int train_config_validate(const TrainConfig *c) {
+  for (int i = 0; i < N_KEYS; i++) if (check_range(c, &keys[i]) != 0) return -1;
   const char *objs[] = {"causal", "prefixlm", "ul2", "sft"};
   int ok = 0;
   for (int i = 0; i < 4; i++) ok |= strcmp(c->objective, objs[i]) == 0;
@@ -169,25 +215,16 @@ int train_config_validate(const TrainConfig *c) {
     return t5g_error("train config: objective ul2 needs tokenizer (sentinel tokens are looked up by name)");
   }
   if (strcmp(c->objective, "sft") != 0 && !c->data[0]) return t5g_error("train config: objective %s needs data (a shard directory from `t5gemma data prepare`)", c->objective);
-  if (c->batch_size < 1) return t5g_error("train config: batch_size must be >= 1, found %d", c->batch_size);
-  if (c->grad_accum < 1) return t5g_error("train config: grad_accum must be >= 1, found %d", c->grad_accum);
-  if (c->steps < 0) return t5g_error("train config: steps must be >= 0, found %d", c->steps);
-  if (c->log_every < 1) return t5g_error("train config: log_every must be >= 1, found %d", c->log_every);
-  if (c->eval_every < 0 || c->eval_batches < 0 || c->save_every < 0 || c->keep_last < 0 || c->average_last < 0)
-    return t5g_error("train config: eval_every, eval_batches, save_every, keep_last and average_last must be >= 0");
-  if (c->max_bad_steps < 1) return t5g_error("train config: max_bad_steps must be >= 1, found %d", c->max_bad_steps);
-  if (c->warmup_cross_rewarm < 0) return t5g_error("train config: warmup_cross_rewarm must be >= 0, found %d", c->warmup_cross_rewarm);
-  if (c->warmup_cross_steps < -1) return t5g_error("train config: warmup_cross_steps must be >= 0 (or -1: automatic), found %d", c->warmup_cross_steps);
-  if (c->distill_topk < 0) return t5g_error("train config: distill_topk must be >= 0, found %d", c->distill_topk);
-  if (c->seq_len < 2 || c->enc_len < 1 || c->dec_len < 1) return t5g_error("train config: seq_len >= 2, enc_len >= 1 and dec_len >= 1 required");
-  if (!(c->lr >= 0)) return t5g_error("train config: lr must be >= 0, found %g", c->lr);
-  if (!(c->beta1 >= 0 && c->beta1 < 1 && c->beta2 >= 0 && c->beta2 < 1)) return t5g_error("train config: beta1 and beta2 must be in [0, 1)");
-  if (!(c->dropout >= 0 && c->dropout < 1)) return t5g_error("train config: dropout must be in [0, 1), found %g", c->dropout);
+  if (c->eval_every > 0 && c->eval_batches < 1)
+    return t5g_error("train config: eval_every=%d asks for validation but eval_batches=0 (set eval_batches >= 1, or eval_every=0)", c->eval_every);
+  if (c->eval_every > 0 && !strcmp(c->objective, "sft") && !c->sft_val_data[0])
+    return t5g_error("train config: eval_every=%d asks for validation but sft_val_data is empty (set sft_val_data=FILE.jsonl, or eval_every=0)", c->eval_every);
+  if (c->average_last > 1 && c->keep_last > 0 && c->keep_last < c->average_last)
+    return t5g_error("train config: average_last=%d averages more checkpoints than keep_last=%d keeps (set keep_last=0 or >= %d)",
+                     c->average_last, c->keep_last, c->average_last);
   if (strcmp(c->schedule, "cosine") && strcmp(c->schedule, "linear") && strcmp(c->schedule, "constant"))
     return t5g_error("train config: schedule must be cosine, linear or constant, found \"%s\"", c->schedule);
   if (c->teacher[0] && strcmp(c->objective, "prefixlm") != 0) return t5g_error("train config: teacher (distillation) is supported with objective prefixlm only");
-  if (!(c->distill_alpha >= 0 && c->distill_alpha <= 1)) return t5g_error("train config: distill_alpha must be in [0, 1], found %g", c->distill_alpha);
-  if (!(c->distill_temperature > 0)) return t5g_error("train config: distill_temperature must be > 0");
   if (strcmp(c->teacher_dtype, "bf16") && strcmp(c->teacher_dtype, "f32"))
     return t5g_error("train config: teacher_dtype must be bf16 or f32, found \"%s\"", c->teacher_dtype);
   return 0;
@@ -200,7 +237,7 @@ char *train_config_to_json(const TrainConfig *c) {
     const void *p = (const char *)c + kd->off;
     switch (kd->type) {
       case K_STR: cJSON_AddStringToObject(o, kd->key, (const char *)p); break;
-      case K_INT: cJSON_AddNumberToObject(o, kd->key, *(const int *)p); break;
+      case K_INT: cJSON_AddNumberToObject(o, kd->key, p == (const void *)&c->overwrite ? 0 : *(const int *)p); break;
       case K_U64: cJSON_AddNumberToObject(o, kd->key, (double)*(const uint64_t *)p); break;
       case K_DBL: cJSON_AddNumberToObject(o, kd->key, *(const double *)p); break;
       case K_FLT: cJSON_AddNumberToObject(o, kd->key, *(const float *)p); break;
@@ -215,6 +252,13 @@ void train_config_print_help(void) {
   printf("usage: t5gemma train CONFIG.json [key=value ...]\n"
          "       t5gemma train key=value ...            (no file: defaults + overrides)\n\n"
          "keys (default) meaning:\n");
-  for (int i = 0; i < N_KEYS; i++)
-    printf("  %-22s (%s) %s\n", keys[i].key, keys[i].def[0] ? keys[i].def : "\"\"", keys[i].help);
+  for (int i = 0; i < N_KEYS; i++) {
+    char range[96] = "";
+    if (keys[i].type == K_INT || keys[i].type == K_DBL || keys[i].type == K_FLT) {
+      char r[88];
+      range_text(&keys[i], r, sizeof r);
+      snprintf(range, sizeof range, " [%s]", r);
+    }
+    printf("  %-22s (%s) %s%s\n", keys[i].key, keys[i].def[0] ? keys[i].def : "\"\"", keys[i].help, range);
+  }
 }

@@ -14,6 +14,7 @@ typedef struct TrainConfig {
   char init[512];           /* HF checkpoint dir to start from ("" = random init of `model`) */
   char run_dir[512];        /* where checkpoints, metrics.jsonl and the log go */
   char resume[512];         /* run dir to resume from ("" = fresh) */
+  int overwrite;            /* 1: a fresh run first deletes an earlier run in run_dir (else refused) */
   /* objective and data */
   char objective[32];       /* causal | prefixlm | ul2 | sft */
   char data[512];           /* shard dataset dir (causal, prefixlm, ul2) */
@@ -56,8 +57,14 @@ void train_config_defaults(TrainConfig *c);
  * valid JSON, else taken as a string). Errors name the source, the key, expected and found. */
 int train_config_load(TrainConfig *c, const char *path);
 int train_config_set(TrainConfig *c, const char *key, const char *value, const char *source);
+/* Check every numeric key against its range (booleans 0 or 1, counts >= 0 or >= 1, rates finite
+ * and in range; the table in train_config.c, printed by --help) and the keys' consistency.
+ * Errors: "train config: KEY must be RANGE, found VALUE", or name the keys involved. Checks that
+ * need the model (lengths vs max_position_embeddings) or files are the trainer's (train.c). */
 int train_config_validate(const TrainConfig *c);
-/* Serialise (all keys) as a JSON object string (malloc'ed), for checkpoints and the run dir. */
+/* Serialise (all keys) as a JSON object string (malloc'ed), for checkpoints and the run dir.
+ * overwrite is written as 0: it acts once, in the run that deleted the earlier one, and must not
+ * carry over to a run started from a copy of this file. */
 char *train_config_to_json(const TrainConfig *c);
 int train_config_from_json(TrainConfig *c, const char *json, const char *source);
 void train_config_print_help(void);
