@@ -232,11 +232,19 @@ int cmd_generate(int argc, char **argv) {
       t5g_error("generate: --max-new-tokens %d leaves no room for a prompt (max_position_embeddings %d)", gc.max_new_tokens, m.cfg.dec.max_position_embeddings);
       failed = 1;
     }
+    /* a longer prompt is refused, not cut: Hugging Face does not truncate prompts by default */
     for (int k = 0; k < nP && !failed; k++)
       if (P[k].n > maxp) {
-        fprintf(stderr, "generate: prompt %d has %d tokens; keeping <bos> and its last %d (max_position_embeddings)\n", k, P[k].n, maxp - 1);
-        memmove(P[k].ids + 1, P[k].ids + 1 + (P[k].n - maxp), (size_t)(maxp - 1) * sizeof(int32_t));
-        P[k].n = maxp;
+        char where[48] = "";
+        if (P[k].line > 0) snprintf(where, sizeof where, " (line %d)", P[k].line);
+        if (enc)
+          t5g_error("prompt %d%s has %d tokens, more than the encoder's max_position_embeddings %d",
+                    k, where, P[k].n, m.cfg.enc.max_position_embeddings);
+        else
+          t5g_error("prompt %d%s has %d tokens and --max-new-tokens is %d: %d positions, more than the model's "
+                    "max_position_embeddings %d (shorten the prompt or lower --max-new-tokens)",
+                    k, where, P[k].n, gc.max_new_tokens, P[k].n + gc.max_new_tokens, m.cfg.dec.max_position_embeddings);
+        failed = 1;
       }
   }
   if (!failed) {

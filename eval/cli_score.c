@@ -84,12 +84,13 @@ static int parse_line(const char *line, const Model *m, const Tokenizer *tok, in
   const cJSON *ini = cJSON_GetObjectItemCaseSensitive(o, "input_ids"), *tgi = cJSON_GetObjectItemCaseSensitive(o, "target_ids");
   const cJSON *tx = cJSON_GetObjectItemCaseSensitive(o, "text"), *ids = cJSON_GetObjectItemCaseSensitive(o, "ids");
   if (in || tg) {
+    if (!in || !tg) { snprintf(err, sizeof err, "missing \"%s\" (\"input\" and \"target\" go together)", in ? "target" : "input"); goto done; }
     if (!cJSON_IsString(in) || !cJSON_IsString(tg)) { snprintf(err, sizeof err, "\"input\" and \"target\" must both be strings"); goto done; }
     if (enc_text(tok, in->valuestring, bos, &ex->ctx, &ex->n_ctx) || enc_text(tok, tg->valuestring, 0, &ex->tgt, &ex->n_tgt)) {
       snprintf(err, sizeof err, "%s", t5g_last_error()); goto done;
     }
   } else if (ini || tgi) {
-    if (!ini || !tgi) { snprintf(err, sizeof err, "\"input_ids\" and \"target_ids\" go together"); goto done; }
+    if (!ini || !tgi) { snprintf(err, sizeof err, "missing \"%s\" (\"input_ids\" and \"target_ids\" go together)", ini ? "target_ids" : "input_ids"); goto done; }
     if (cli_json_ids(ini, "input_ids", &ex->ctx, &ex->n_ctx, err, sizeof err) || cli_json_ids(tgi, "target_ids", &ex->tgt, &ex->n_tgt, err, sizeof err)) goto done;
   } else if (!encdec && (tx || ids)) {
     int32_t *all = NULL; int n = 0;
@@ -117,7 +118,17 @@ static int parse_line(const char *line, const Model *m, const Tokenizer *tok, in
     for (int i = 0; i < ex->n_ctx; i++) if (ex->ctx[i] >= Vc) { snprintf(err, sizeof err, "input token %d has id %d >= vocab_size %d", i, ex->ctx[i], Vc); goto done; }
     for (int i = 0; i < ex->n_tgt; i++) if (ex->tgt[i] >= Vt) { snprintf(err, sizeof err, "target token %d has id %d >= vocab_size %d", i, ex->tgt[i], Vt); goto done; }
     int lim = m->cfg.dec.max_position_embeddings - (encdec ? 0 : 1);
-    if (ex->n_tgt > lim) { snprintf(err, sizeof err, "target of %d tokens exceeds the decoder's max_position_embeddings", ex->n_tgt); goto done; }
+    if (ex->n_tgt > lim) { snprintf(err, sizeof err, "target of %d tokens exceeds the decoder's max_position_embeddings %d", ex->n_tgt, m->cfg.dec.max_position_embeddings); goto done; }
+    /* longer inputs are refused, not cut (Hugging Face does not truncate by default either) */
+    if (encdec && ex->n_ctx > m->cfg.enc.max_position_embeddings) {
+      snprintf(err, sizeof err, "input of %d tokens exceeds the encoder's max_position_embeddings %d", ex->n_ctx, m->cfg.enc.max_position_embeddings);
+      goto done;
+    }
+    if (!encdec && ex->n_ctx + ex->n_tgt > m->cfg.dec.max_position_embeddings) {
+      snprintf(err, sizeof err, "input of %d tokens + target of %d tokens = %d positions exceeds the model's max_position_embeddings %d",
+               ex->n_ctx, ex->n_tgt, ex->n_ctx + ex->n_tgt, m->cfg.dec.max_position_embeddings);
+      goto done;
+    }
   }
   ok = 1;
 done:

@@ -16,6 +16,9 @@
 #                      a run without any tokenizer exports with a warning
 #   json_nan_*         a model whose final norm is NaN: generate --json and score --per-token write
 #                      strict JSON (null for NaN; parsed with NaN refused) and warn with the count
+#   length_*           a prompt + --max-new-tokens beyond max_position_embeddings (64) is refused
+#                      naming both numbers; score refuses (per line) an input + target that is too
+#                      long, and names a missing "target"
 set -u
 cd "$(dirname "$0")/.."
 BIN=${T5G_BIN:-./t5gemma}
@@ -167,3 +170,18 @@ if [ $rc != 0 ]; then fail json_nan_score "exit $rc: $(tail -c 300 "$T/score.err
 elif ! err=$(strict_json "$T/score.json" sum_logprob 2>&1); then fail json_nan_score "$err: $(cat "$T/score.json")"
 elif ! grep -q "score: warning: [0-9]* log-probabilities are NaN or infinite" "$T/score.err"; then fail json_nan_score "no warning: $(cat "$T/score.err")"
 else pass json_nan_score; fi
+
+# ---- length limits ---------------------------------------------------------------------------------
+P70=$(python3 -c "print('word ' * 70)")
+expect length_prompt 1 "prompt 0 has 72 tokens and --max-new-tokens is 2: 74 positions, more than the model's max_position_embeddings 64" \
+  "$BIN" generate --model "$T/gv" --prompt "$P70" --max-new-tokens 2
+expect length_new_tokens 1 "prompt 0 has 3 tokens and --max-new-tokens is 62: 65 positions, more than the model's max_position_embeddings 64" \
+  "$BIN" generate --model "$T/gv" --prompt "hi there" --max-new-tokens 62
+expect length_fits 0 "generated" "$BIN" generate --model "$T/gv" --prompt "hi there" --max-new-tokens 61
+P40=$(python3 -c "print('word ' * 40)")
+echo "{\"input\": \"$P40\", \"target\": \"$P40\"}" >"$T/long.jsonl"
+expect length_score 0 '"error": "input of [0-9]+ tokens \+ target of [0-9]+ tokens = [0-9]+ positions exceeds the model.s max_position_embeddings 64"' "$BIN" score --model "$T/gv" --input "$T/long.jsonl"
+echo "{\"input\": \"a\", \"target\": \"$P70\"}" >"$T/long2.jsonl"
+expect length_score_target 0 '"error": "target of 7[0-9] tokens exceeds the decoder.s max_position_embeddings 64' "$BIN" score --model "$T/gv" --input "$T/long2.jsonl"
+echo '{"input": "x"}' >"$T/notarget.jsonl"
+expect score_missing_target 0 '"error": "missing \\"target\\"' "$BIN" score --model "$T/gv" --input "$T/notarget.jsonl"
