@@ -490,14 +490,20 @@ static int data_prepare(int argc, char **argv) {
   dataset_writer_set_source(w, sj);
   free(sj);
   free(val_set);
-  int64_t cbytes = 0;
-  dataset_writer_totals(w, NULL, NULL, &cbytes);
   if (dataset_writer_finish(w) != 0) { fprintf(stderr, "t5gemma data prepare: %s\n", t5g_last_error()); goto done; }
   double dt = t5g_now() - t0;
   int64_t tt = split_tokens[0] + split_tokens[1];
+  /* The compression ratio is read back from the index.json just written (raw uint32 bytes over
+   * zstd frame bytes, the figure `data inspect` prints): the writer's running totals miss the
+   * frames still open before dataset_writer_finish, which for a dataset smaller than one frame
+   * is all of it. */
+  DatasetIndex *fix = dataset_index_load(out);
+  if (!fix) { fprintf(stderr, "t5gemma data prepare: reading back the index just written: %s\n", t5g_last_error()); goto done; }
+  double ratio = fix->compressed_bytes ? (double)fix->raw_bytes / (double)fix->compressed_bytes : 0.0;
+  dataset_index_free(fix);
   printf("prepared %s: train %lld documents / %lld tokens, val %lld documents / %lld tokens; %lld empty skipped; compression %.2fx; %.1f s (%.0f tokens/s, %d threads)\n",
          out, (long long)split_docs[0], (long long)split_tokens[0], (long long)split_docs[1], (long long)split_tokens[1], (long long)skipped,
-         cbytes ? 4.0 * (double)tt / (double)cbytes : 0.0, dt, tt / (dt + 1e-9), threads);
+         ratio, dt, tt / (dt + 1e-9), threads);
   if (split_docs[1] == 0) fprintf(stderr, "t5gemma data prepare: note: the val split is empty (use --val-docs N or a larger --val-fraction)\n");
   rc = 0;
 done:
@@ -540,6 +546,14 @@ static int data_inspect(int argc, char **argv) {
   if (!dir) { inspect_usage(stderr); free(docs); return 2; }
   DatasetIndex *ix = dataset_index_load(dir);
   if (!ix) { fprintf(stderr, "t5gemma data inspect: %s\n", t5g_last_error()); free(docs); return 1; }
+  int split_found = 0;
+  for (int i = 0; i < ix->n_splits; i++) split_found |= strcmp(ix->splits[i].name, split) == 0;
+  if (!split_found) {   /* checked with or without --doc: a misspelt --split must not pass silently */
+    fprintf(stderr, "t5gemma data inspect: %s/index.json: no split \"%s\" (the dataset has ", dir, split);
+    for (int i = 0; i < ix->n_splits; i++) fprintf(stderr, "%s\"%s\"", i ? ", " : "", ix->splits[i].name);
+    fprintf(stderr, ")\n");
+    dataset_index_free(ix); free(docs); return 1;
+  }
   char b1[32], b2[32];
   printf("dataset %s: format %s version %d, uint32 token ids, zstd level %d, frames of %lld tokens, shards of %lld tokens\n",
          dir, SHARD_FORMAT_NAME, ix->version, ix->level, (long long)ix->frame_tokens, (long long)ix->shard_tokens);

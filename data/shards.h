@@ -109,7 +109,9 @@ void dataset_writer_set_source(DatasetWriter *w, const char *json_object);
 int dataset_writer_finish(DatasetWriter *w);
 /* Remove temporaries and free w; no index.json is written. */
 void dataset_writer_abort(DatasetWriter *w);
-/* Totals written so far (all splits). */
+/* Totals added so far (all splits). compressed_bytes counts only the zstd frames already
+ * compressed: the tokens of each split's open frame are compressed at its close (a full frame, a
+ * full shard, or dataset_writer_finish), so read index.json after finishing for the final ratio. */
 void dataset_writer_totals(const DatasetWriter *w, int64_t *docs, int64_t *tokens, int64_t *compressed_bytes);
 
 /* ---------------------------------------------------------------- index */
@@ -153,7 +155,7 @@ const SplitInfo *dataset_index_split(const DatasetIndex *ix, const char *name);
  * `report` (may be NULL) as one line "PATH: what is wrong"; shard files in DIR not listed in the
  * index are reported as warnings (not counted). With progress != NULL, one line per shard verified.
  * Returns the number of problems (0 = the dataset is sound), or -1 when index.json itself
- * cannot be read (t5g_error set and printed). */
+ * cannot be read (t5g_error set, not printed: the caller reports it). */
 int dataset_verify(const char *dir, FILE *report, FILE *progress);
 
 /* ---------------------------------------------------------------- reader */

@@ -19,6 +19,10 @@
 #   length_*           a prompt + --max-new-tokens beyond max_position_embeddings (64) is refused
 #                      naming both numbers; score refuses (per line) an input + target that is too
 #                      long, and names a missing "target"
+#   data_*             data prepare refuses --shard-tokens 0 / --frame-tokens 0 naming the option;
+#                      its compression figure on a dataset smaller than one frame equals index.json's
+#                      raw/compressed ratio (and data inspect's); data inspect --split nope fails
+#                      naming the splits that exist; data verify prints an index.json error once
 set -u
 cd "$(dirname "$0")/.."
 BIN=${T5G_BIN:-./t5gemma}
@@ -185,3 +189,29 @@ echo "{\"input\": \"a\", \"target\": \"$P70\"}" >"$T/long2.jsonl"
 expect length_score_target 0 '"error": "target of 7[0-9] tokens exceeds the decoder.s max_position_embeddings 64' "$BIN" score --model "$T/gv" --input "$T/long2.jsonl"
 echo '{"input": "x"}' >"$T/notarget.jsonl"
 expect score_missing_target 0 '"error": "missing \\"target\\"' "$BIN" score --model "$T/gv" --input "$T/notarget.jsonl"
+
+# ---- data prepare / inspect / verify ---------------------------------------------------------------
+python3 -c "
+import random
+random.seed(4)
+with open('$T/d.txt', 'w') as f:
+    for i in range(60): f.write(' '.join(str(random.randrange(3, 300)) for _ in range(25)) + '\n')"
+DP=(data prepare --format tokens --vocab-size 512 --bos-id 2 --eos-id 1 --pad-id 0 --doc-sep line --val-docs 6)
+expect data_shard_tokens_zero 2 '--shard-tokens: expected an integer in \[1, [0-9]+\], found "0"' "$BIN" "${DP[@]}" --shard-tokens 0 --out "$T/d0" "$T/d.txt"
+expect data_frame_tokens_zero 2 '--frame-tokens: expected an integer in \[1, 268435456\], found "0"' "$BIN" "${DP[@]}" --frame-tokens 0 --out "$T/d0" "$T/d.txt"
+[ -e "$T/d0" ] && fail data_refused_no_output "$T/d0 was created by a refused command"
+# a dataset far below one frame (1500 tokens): the ratio printed is the one index.json holds
+if "$BIN" "${DP[@]}" --out "$T/ds" "$T/d.txt" >"$T/ds.out" 2>&1; then
+  want=$(python3 -c "import json; t = json.load(open('$T/ds/index.json'))['totals']; print('%.2f' % (t['raw_bytes'] / t['compressed_bytes']))")
+  got=$(sed -n 's/.*compression \([0-9.]*\)x.*/\1/p' "$T/ds.out")
+  if [ "$got" = "$want" ] && [ "$want" != "0.00" ] && "$BIN" data inspect "$T/ds" | grep -q "^total: .*(ratio $want)"; then pass data_prepare_compression
+  else fail data_prepare_compression "prepare says '$got', index.json gives $want: $(cat "$T/ds.out")"; fi
+  expect data_inspect_bad_split 1 "data inspect: $T/ds/index.json: no split \"nope\" \(the dataset has \"train\", \"val\"\)" "$BIN" data inspect "$T/ds" --split nope
+  expect data_inspect_val_split 0 "^split val: 1 shards, 6 documents" "$BIN" data inspect "$T/ds" --split val
+  echo '{"format": ' >"$T/ds/index.json"
+  expect data_verify_bad_index 1 "data verify: $T/ds/index.json: invalid JSON" "$BIN" data verify "$T/ds"
+  n=$(grep -c "index.json: invalid JSON" "$T/data_verify_bad_index.out")
+  [ "$n" = 1 ] && pass data_verify_error_once || fail data_verify_error_once "printed $n times: $(cat "$T/data_verify_bad_index.out")"
+else
+  fail data_setup "data prepare: $(tail -n 3 "$T/ds.out")"
+fi
