@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -279,6 +280,17 @@ uint64_t t5g_fnv1a64(const void *data, size_t n, uint64_t h) {
   const unsigned char *p = data;
   for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ULL; }
   return h;
+}
+
+const char *t5g_fmt_count(double c, char *buf, size_t n) {
+  const char *u[] = {"", "K", "M", "B", "T"};
+  int i = 0;
+  double a = fabs(c);
+  /* move up a unit when the value would round to 1000 at three significant digits */
+  while (a >= 999.5 && i < 4) { a /= 1000; c /= 1000; i++; }
+  if (i == 0) snprintf(buf, n, "%.0f", c);
+  else snprintf(buf, n, a >= 99.95 ? "%.0f%s" : a >= 9.995 ? "%.1f%s" : "%.2f%s", c, u[i]);
+  return buf;
 }
 
 const char *t5g_fmt_bytes(double b, char *buf, size_t n) {

@@ -98,5 +98,9 @@ uint64_t t5g_fnv1a64(const void *data, size_t n, uint64_t seed);
 
 /* Human-readable byte count ("1.23 GiB") into buf. */
 const char *t5g_fmt_bytes(double bytes, char *buf, size_t n);
+/* Human-readable count of things (parameters, tokens) into buf with three significant digits and
+ * a decimal unit: "950", "12.3K", "4.33M", "2.61B", "1.20T" (K = 10^3, M = 10^6, B = 10^9,
+ * T = 10^12, the units model sizes are quoted in). */
+const char *t5g_fmt_count(double count, char *buf, size_t n);
 
 #endif

@@ -296,22 +296,22 @@ int model_load_infer(Model *m, const char *dir, WeightsMode mode, const InferPla
     why = use == WEIGHTS_F32 ? " (auto: the f32 model fits)" : " (auto: the f32 model would not fit)";
   }
   MemEstimate need = use == WEIGHTS_BF16 ? b : f;
-  char what[160], b1[32], b2[32], b3[32], b4[32];
+  char what[160], b1[32], b2[32], b3[32], b4[32], pn[32];
   if (avail > 0 && need.total > avail) {   /* refuse before allocating anything */
     char hint[200] = "";
     if (use == WEIGHTS_F32 && b.total <= avail)
       snprintf(hint, sizeof hint, "; --weights bf16 would need about %s", t5g_fmt_bytes((double)b.total, b4, sizeof b4));
-    return t5g_error("%s: %s with %s weights (%.2fB parameters) needs about %s of memory (weights %s, working memory %s) "
+    return t5g_error("%s: %s with %s weights (%s parameters) needs about %s of memory (weights %s, working memory %s) "
                      "but only %s is available%s; see `t5gemma info %s` for the needs of each command",
-                     dir, p.command ? p.command : "inference", use == WEIGHTS_BF16 ? "bf16" : "f32", config_param_counts(&cfg).total / 1e9,
+                     dir, p.command ? p.command : "inference", use == WEIGHTS_BF16 ? "bf16" : "f32", t5g_fmt_count((double)config_param_counts(&cfg).total, pn, sizeof pn),
                      t5g_fmt_bytes((double)need.total, b1, sizeof b1), t5g_fmt_bytes((double)need.weights, b2, sizeof b2),
                      t5g_fmt_bytes((double)(need.activations + need.overhead), b3, sizeof b3), t5g_fmt_bytes((double)avail, what, sizeof what),
                      hint, dir);
   }
   double t0 = t5g_now();
   if (model_load_weights(m, dir, use) != 0) return -1;
-  fprintf(stderr, "loaded %s (%s, %.1fM parameters) with %s weights%s in %.1f s; predicted memory %s (f32 %s, bf16 %s), available %s\n",
-          dir, m->cfg.kind == MODEL_T5GEMMA ? "T5Gemma encoder-decoder" : "Gemma 2 decoder-only", params_count(&m->ps, NULL) / 1e6,
+  fprintf(stderr, "loaded %s (%s, %s parameters) with %s weights%s in %.1f s; predicted memory %s (f32 %s, bf16 %s), available %s\n",
+          dir, m->cfg.kind == MODEL_T5GEMMA ? "T5Gemma encoder-decoder" : "Gemma 2 decoder-only", t5g_fmt_count((double)params_count(&m->ps, NULL), pn, sizeof pn),
           use == WEIGHTS_BF16 ? "bf16" : "f32", why, t5g_now() - t0, t5g_fmt_bytes((double)need.total, b1, sizeof b1),
           t5g_fmt_bytes((double)f.total, b2, sizeof b2), t5g_fmt_bytes((double)b.total, b3, sizeof b3),
           avail > 0 ? t5g_fmt_bytes((double)avail, what, sizeof what) : "unknown");

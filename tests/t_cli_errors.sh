@@ -23,6 +23,9 @@
 #                      its compression figure on a dataset smaller than one frame equals index.json's
 #                      raw/compressed ratio (and data inspect's); data inspect --split nope fails
 #                      naming the splits that exist; data verify prints an index.json error once
+#   info_*             info --help lists every option; options before or after MODEL; counts in K/M/B
+#                      agree with the exact count; bad / unknown options and options without MODEL:
+#                      exit 2 naming them, before any output
 set -u
 cd "$(dirname "$0")/.."
 BIN=${T5G_BIN:-./t5gemma}
@@ -215,3 +218,32 @@ if "$BIN" "${DP[@]}" --out "$T/ds" "$T/d.txt" >"$T/ds.out" 2>&1; then
 else
   fail data_setup "data prepare: $(tail -n 3 "$T/ds.out")"
 fi
+
+# ---- info: options listed and accepted in any order ------------------------------------------------
+if "$BIN" info --help >"$T/ih.out" 2>&1; then
+  miss=""
+  for o in --no-measure --batch --enc-len --dec-len --ranks --new-tokens --teacher --teacher-dtype --distill-topk; do
+    grep -Eq "^  $o " "$T/ih.out" || miss="$miss $o"
+  done
+  [ -z "$miss" ] && pass info_help_options || fail info_help_options "not listed:$miss"
+else fail info_help_options "exit $?"; fi
+TT=configs/models/tiny-t5gemma.json
+expect info_model_then_option 0 "^parameters: " "$BIN" info $TT --no-measure --batch 2
+grep -Eq "^(sgemm|t5gemma info)" "$T/info_model_then_option.out" && fail info_model_then_option_no_measure "$(cat "$T/info_model_then_option.out")"
+# the count printed in units agrees with the exact count (three significant digits, K/M/B)
+python3 - "$T/info_model_then_option.out" <<'PYEOF' && pass info_param_units || fail info_param_units "$(grep '^parameters' "$T/info_model_then_option.out")"
+import re, sys
+m = re.search(r"^parameters: +(\S+) total \((\d+)\)", open(sys.argv[1]).read(), re.M)
+n = int(m.group(2))
+for k, u in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"), (1, "")):
+    if float("%.3g" % n) >= k: break
+v = float("%.3g" % n) / k
+want = ("%.0f" if v >= 100 or not u else "%.1f" if v >= 10 else "%.2f") % v + u
+assert m.group(1) == want, (m.group(1), want)
+PYEOF
+expect info_option_then_model 0 "batch 2 x \(16 \+ 512 tokens\)" "$BIN" info --enc-len 16 $TT --batch 2 --no-measure
+expect info_option_needs_model 2 "info: --batch describes a model's memory rows: give MODEL" "$BIN" info --no-measure --batch 2
+expect info_unknown_option 2 "info: unknown option '--bogus'" "$BIN" info $TT --bogus
+grep -q "^cpu:" "$T/info_unknown_option.out" && fail info_unknown_option_silent "machine lines printed before the error"
+expect info_bad_number 2 "info: --batch: expected an integer >= 1, found 'x'" "$BIN" info $TT --batch x
+expect info_two_models 2 "info: more than one MODEL given" "$BIN" info $TT $TT

@@ -221,8 +221,9 @@ int cmd_adapt(int argc, char **argv) {
     free(src); free(dst);
   }
   ParamCounts pc = config_param_counts(&ct);
-  char b1[32];
-  printf("adapt: wrote %s: T5Gemma encoder from %s, decoder from %s, %.3fB parameters, %s\n", out, pa, pb, pc.total / 1e9, st_dtype_name(dt));
+  char b1[32], pn[32];
+  printf("adapt: wrote %s: T5Gemma encoder from %s, decoder from %s, %s parameters, %s\n", out, pa, pb,
+         t5g_fmt_count((double)pc.total, pn, sizeof pn), st_dtype_name(dt));
   printf("adapt: cross-attention %s, cross-attention norms %s%s\n",
          warm ? "random normal(0, cross_std)" : "copied from self-attention",
          ao.cross_norm_zero ? "zero (unit gain)" : "copied from self-attention norms",
