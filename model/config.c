@@ -95,8 +95,9 @@ static int rd_int(const Ctx *c, const cJSON *o, const char *key, int *out) {
   if (!j) return 0;
   if (!cJSON_IsNumber(j)) return t5g_error("%s: %s%s: expected an integer, found %s", c->src, c->pfx, key, jtype(j));
   double d = j->valuedouble;
-  if (d != floor(d) || d < INT_MIN || d > INT_MAX)
-    return t5g_error("%s: %s%s: expected an integer, found %g", c->src, c->pfx, key, d);
+  if (d != floor(d)) return t5g_error("%s: %s%s: expected an integer, found %g", c->src, c->pfx, key, d);
+  if (d < INT_MIN || d > INT_MAX)
+    return t5g_error("%s: %s%s: %g is out of range: expected an integer from %d to %d", c->src, c->pfx, key, d, INT_MIN, INT_MAX);
   *out = (int)d;
   return 0;
 }
@@ -223,6 +224,10 @@ static int parse_stack(const Ctx *c, const cJSON *o, StackConfig *s, int is_gemm
   if (lt && !cJSON_IsNull(lt)) {
     if (!cJSON_IsArray(lt)) return t5g_error("%s: %slayer_types: expected a list of strings, found %s", c->src, c->pfx, jtype(lt));
     int n = cJSON_GetArraySize(lt);
+    if (n != s->num_hidden_layers && !cJSON_GetObjectItemCaseSensitive(o, "num_hidden_layers"))
+      return t5g_error("%s: %slayer_types has %d entries, but %snum_hidden_layers is not in the file and defaults to %d "
+                       "(the default of transformers' %s); add \"num_hidden_layers\": %d", c->src, c->pfx, n, c->pfx,
+                       s->num_hidden_layers, c->pfx[0] ? "T5GemmaModuleConfig" : "Gemma2Config", n);
     if (n != s->num_hidden_layers)
       return t5g_error("%s: %slayer_types has %d entries, num_hidden_layers is %d", c->src, c->pfx, n, s->num_hidden_layers);
     int i = 0;

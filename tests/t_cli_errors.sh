@@ -26,6 +26,8 @@
 #   info_*             info --help lists every option; options before or after MODEL; counts in K/M/B
 #                      agree with the exact count; bad / unknown options and options without MODEL:
 #                      exit 2 naming them, before any output
+#   memory_refusal_*   score refusing a batch that cannot fit names the parameter count in M (4.xxM,
+#                      checked against the tensor sizes in model.safetensors), not 0.00B
 set -u
 cd "$(dirname "$0")/.."
 BIN=${T5G_BIN:-./t5gemma}
@@ -247,3 +249,18 @@ expect info_unknown_option 2 "info: unknown option '--bogus'" "$BIN" info $TT --
 grep -q "^cpu:" "$T/info_unknown_option.out" && fail info_unknown_option_silent "machine lines printed before the error"
 expect info_bad_number 2 "info: --batch: expected an integer >= 1, found 'x'" "$BIN" info $TT --batch x
 expect info_two_models 2 "info: more than one MODEL given" "$BIN" info $TT $TT
+
+# ---- parameter counts in the memory refusal ---------------------------------------------------------
+# --batch-size 65536 rows of 512 tokens with a 256000-word vocabulary cannot fit: the refusal names the
+# parameter count in M, equal to the tensor sizes in model.safetensors at three significant digits
+want=$(python3 - "$T/gv/model.safetensors" <<'PYEOF'
+import json, math, struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]; h = json.loads(raw[8:8 + n])
+p = sum(math.prod(v["shape"]) for k, v in h.items() if k != "__metadata__")
+print("%.2fM" % (float("%.3g" % p) / 1e6))
+PYEOF
+)
+echo '{"text": "a b"}' >"$T/one.jsonl"
+expect memory_refusal_params 1 "with (f32|bf16) weights \($want parameters\) needs about .* but only .* is available" \
+  "$BIN" score --model "$T/gv" --input "$T/one.jsonl" --batch-size 65536

@@ -329,6 +329,8 @@ TEST(refuses_bad_configs) {
     {"tiny-gemma2", NULL, "{\"tie_word_embeddings\": false}", "tie_word_embeddings"},
     {"tiny-gemma2", NULL, "{\"hidden_size\": \"64\"}", "hidden_size: expected an integer, found a string"},
     {"tiny-gemma2", NULL, "{\"head_dim\": 16.5}", "head_dim"},
+    {"tiny-gemma2", NULL, "{\"hidden_size\": 1e15}", "hidden_size: 1e+15 is out of range: expected an integer from -2147483648 to 2147483647"},
+    {"tiny-t5gemma", "encoder", "{\"num_key_value_heads\": -3e9}", "encoder.num_key_value_heads: -3e+09 is out of range"},
     {"tiny-gemma2", NULL, "{\"model_type\": \"gemma3\"}", "model_type"},
     {"tiny-gemma2", NULL, "{\"model_type\": 7}", "model_type"},
     {"tiny-gemma2", NULL, "{\"rope_parameters\": {\"rope_type\": \"linear\", \"factor\": 2.0}}", "rope_parameters.rope_type"},
@@ -369,6 +371,26 @@ TEST(refuses_bad_configs) {
   free(js);
   CHECK(rc != 0);
   CHECK_MSG(strstr(t5g_last_error(), "encoder.vocab_size is 512") && strstr(t5g_last_error(), "256000"), "%s", t5g_last_error());
+  /* layer_types without num_hidden_layers: the Gemma2Config default 26 applies, and the message says so */
+  const char *nl_sub[] = {NULL, "decoder"}, *nl_preset[] = {"tiny-gemma2", "tiny-t5gemma"};
+  for (int k = 0; k < 2; k++) {
+    text = preset_text(nl_preset[k]);
+    CHECK(text);
+    root = cJSON_Parse(text);
+    free(text);
+    cJSON *o = nl_sub[k] ? cJSON_GetObjectItemCaseSensitive(root, nl_sub[k]) : root;
+    CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(o, "layer_types")), 4);
+    cJSON_DeleteItemFromObjectCaseSensitive(o, "num_hidden_layers");
+    js = cJSON_Print(root);
+    cJSON_Delete(root);
+    CHECK(config_parse(js, "nolayers.json", &c) != 0);
+    free(js);
+    const char *want = k == 0 ? "nolayers.json: layer_types has 4 entries, but num_hidden_layers is not in the file and defaults to 26 "
+                                "(the default of transformers' Gemma2Config); add \"num_hidden_layers\": 4"
+                              : "nolayers.json: decoder.layer_types has 4 entries, but decoder.num_hidden_layers is not in the file and "
+                                "defaults to 26 (the default of transformers' T5GemmaModuleConfig)";
+    CHECK_MSG(strstr(t5g_last_error(), want), "%s", t5g_last_error());
+  }
   /* not JSON, not an object, no model_type */
   CHECK(config_parse("{\"model_type\": \"gemma2\",", "trunc.json", &c) != 0 && strstr(t5g_last_error(), "trunc.json: not valid JSON"));
   CHECK(config_parse("[1, 2]", "arr.json", &c) != 0 && strstr(t5g_last_error(), "arr.json"));
