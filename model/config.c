@@ -276,6 +276,12 @@ int config_parse(const char *json, const char *source, ModelConfig *m) {
   int rc = -1;
   Ctx c = {source, ""};
   if (!cJSON_IsObject(root)) { t5g_error("%s: expected a JSON object", source); goto out; }
+  char dup[256];
+  if (t5g_json_duplicate_key(root, dup, sizeof dup)) {   /* we would read the first, transformers the last */
+    t5g_error("%s: key \"%s\" appears more than once (we would read the first value, Hugging Face's Python loader the last): "
+              "keep one", source, dup);
+    goto out;
+  }
   const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
   if (!mt || !cJSON_IsString(mt)) { t5g_error("%s: model_type: expected \"gemma2\" or \"t5gemma\", found %s", source, mt ? jtype(mt) : "no model_type"); goto out; }
   m->tie_word_embeddings = 1;

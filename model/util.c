@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "model/util.h"
+#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
@@ -280,6 +281,38 @@ uint64_t t5g_fnv1a64(const void *data, size_t n, uint64_t h) {
   const unsigned char *p = data;
   for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ULL; }
   return h;
+}
+
+/* path: the path of node so far (NUL-terminated within buf[0..n)) */
+static int json_dup_walk(const cJSON *node, char *buf, size_t n) {
+  size_t len = strlen(buf);
+  if (cJSON_IsObject(node)) {
+    for (const cJSON *a = node->child; a; a = a->next)
+      for (const cJSON *b = node->child; b != a; b = b->next)
+        if (a->string && b->string && strcmp(a->string, b->string) == 0) {
+          snprintf(buf + len, n - len, "%s%s", len ? "." : "", a->string);
+          return 1;
+        }
+    for (const cJSON *a = node->child; a; a = a->next) {
+      snprintf(buf + len, n - len, "%s%s", len ? "." : "", a->string ? a->string : "");
+      if (json_dup_walk(a, buf, n)) return 1;
+      buf[len] = 0;
+    }
+  } else if (cJSON_IsArray(node)) {
+    int i = 0;
+    for (const cJSON *a = node->child; a; a = a->next, i++) {
+      snprintf(buf + len, n - len, "[%d]", i);
+      if (json_dup_walk(a, buf, n)) return 1;
+      buf[len] = 0;
+    }
+  }
+  return 0;
+}
+
+int t5g_json_duplicate_key(const struct cJSON *root, char *buf, size_t n) {
+  if (n == 0) return 0;
+  buf[0] = 0;
+  return root ? json_dup_walk(root, buf, n) : 0;
 }
 
 const char *t5g_fmt_count(double c, char *buf, size_t n) {

@@ -96,6 +96,15 @@ int64_t t5g_mem_available(void);
 uint64_t t5g_fnv1a64(const void *data, size_t n, uint64_t seed);
 #define T5G_FNV_SEED 0xcbf29ce484222325ULL
 
+/* Duplicate keys in parsed JSON. cJSON keeps every member of an object, and its look-ups return
+ * the first of two equal keys, while Python's json (so Hugging Face) keeps the last: a file with
+ * a key twice means different things to the two. Walks the tree under root (objects inside
+ * objects and arrays, any depth) and returns 1 at the first object holding a key twice (keys
+ * compared case-sensitively, as both readers do), writing the key's path into buf ("hidden_size",
+ * "decoder.hidden_size", "list[2].name"; truncated to n); 0 when every key is unique. */
+struct cJSON;
+int t5g_json_duplicate_key(const struct cJSON *root, char *buf, size_t n);
+
 /* Human-readable byte count ("1.23 GiB") into buf. */
 const char *t5g_fmt_bytes(double bytes, char *buf, size_t n);
 /* Human-readable count of things (parameters, tokens) into buf with three significant digits and

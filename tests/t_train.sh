@@ -17,7 +17,7 @@
 #   warmup_cross  unequal pair: only cross-attention changes during the warm-up, everything after
 #   distill*      PrefixLM with a Gemma 2 teacher (full and top-k): finite, falling loss
 #   distill_value_*  the logged distillation loss equals the PyTorch reference's
-#   config_*      unknown key, wrong type, out-of-range values (booleans, counts, rates, lengths
+#   config_*      unknown key, a key given twice (train config and model config.json), wrong type, out-of-range values (booleans, counts, rates, lengths
 #                 beyond max_position_embeddings), objective/model mismatch, missing init: clear
 #                 message naming the key, non-zero exit, no run directory created
 #   rundir_refuse / rundir_overwrite  a fresh run in a directory holding another run's checkpoints
@@ -502,6 +502,10 @@ echo '{"model": "t5.json", "data": "copy", "lr": "fast"}' >"$W/bad_num.json"
 echo '{"model": 5, "data": "copy"}' >"$W/bad_str.json"
 cfg_case unknown_key_cli 'unknown key "lerning_rate"' copy.json lerning_rate=0.1
 cfg_case unknown_key_json 'bad_key.json: unknown key "lerning_rate"' bad_key.json
+echo '{"model": "t5.json", "data": "copy", "lr": 0.1, "steps": 2, "lr": 0.2}' >"$W/dup_key.json"
+cfg_case duplicate_key_json 'dup_key.json: key "lr" appears more than once' dup_key.json
+printf '{"model_type": "t5gemma", "vocab_size": 64, "encoder": {"hidden_size": 32, "hidden_size": 16}}' >"$W/dup_model.json"
+cfg_case duplicate_key_model 'dup_model.json: key "encoder.hidden_size" appears more than once' copy.json model=dup_model.json
 cfg_case int_type_cli 'batch_size expects an integer' copy.json batch_size=eight
 cfg_case int_type_json 'steps expects an integer, found 1.5' bad_int.json
 cfg_case int_range 'batch_size expects an integer (32-bit), found "4294967297"' copy.json batch_size=4294967297

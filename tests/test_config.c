@@ -391,6 +391,16 @@ TEST(refuses_bad_configs) {
                                 "defaults to 26 (the default of transformers' T5GemmaModuleConfig)";
     CHECK_MSG(strstr(t5g_last_error(), want), "%s", t5g_last_error());
   }
+  /* a key twice (cJSON would read the first, Python's json the last): refused at any depth */
+  CHECK(config_parse("{\"model_type\": \"gemma2\", \"hidden_size\": 64, \"vocab_size\": 512, \"hidden_size\": 128}", "dup.json", &c) != 0);
+  CHECK_MSG(strstr(t5g_last_error(), "dup.json: key \"hidden_size\" appears more than once"), "%s", t5g_last_error());
+  CHECK(config_parse("{\"model_type\": \"t5gemma\", \"decoder\": {\"head_dim\": 8, \"num_hidden_layers\": 2, \"head_dim\": 16}}", "dup2.json", &c) != 0);
+  CHECK_MSG(strstr(t5g_last_error(), "dup2.json: key \"decoder.head_dim\" appears more than once"), "%s", t5g_last_error());
+  CHECK(config_parse("{\"model_type\": \"gemma2\", \"t5gemma_c\": {\"encoder_causal\": 0}, \"x\": [{\"a\": 1}, {\"b\": 1, \"b\": 2}]}", "dup3.json", &c) != 0);
+  CHECK_MSG(strstr(t5g_last_error(), "dup3.json: key \"x[1].b\" appears more than once"), "%s", t5g_last_error());
+  /* equal keys in different objects are not duplicates */
+  CHECK_MSG(config_parse("{\"model_type\": \"t5gemma\", \"encoder\": {\"head_dim\": 8}, \"decoder\": {\"head_dim\": 8}}", "nodup.json", &c) == 0,
+            "%s", t5g_last_error());
   /* not JSON, not an object, no model_type */
   CHECK(config_parse("{\"model_type\": \"gemma2\",", "trunc.json", &c) != 0 && strstr(t5g_last_error(), "trunc.json: not valid JSON"));
   CHECK(config_parse("[1, 2]", "arr.json", &c) != 0 && strstr(t5g_last_error(), "arr.json"));

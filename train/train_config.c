@@ -159,6 +159,11 @@ static int apply_json(TrainConfig *c, cJSON *root, const char *source) {
 int train_config_from_json(TrainConfig *c, const char *json, const char *source) {
   cJSON *root = cJSON_Parse(json);
   if (!root) return t5g_error("%s: not valid JSON (near \"%.30s\")", source, cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "?");
+  char dup[256];
+  if (t5g_json_duplicate_key(root, dup, sizeof dup)) {   /* which value was meant is ambiguous: refused, as in model configs */
+    cJSON_Delete(root);
+    return t5g_error("%s: key \"%s\" appears more than once; give each key once", source, dup);
+  }
   int r = apply_json(c, root, source);
   cJSON_Delete(root);
   return r;
