@@ -28,6 +28,8 @@
 #                      exit 2 naming them, before any output
 #   memory_refusal_*   score refusing a batch that cannot fit names the parameter count in M (4.xxM,
 #                      checked against the tensor sizes in model.safetensors), not 0.00B
+#   dump_optional_pos  dump without enc_pos/dec_pos/masks = with 0..n-1 and all-1 masks (byte-identical
+#                      outputs); dec_pos 0 2 5 9 changes the loss; --help says they are optional
 set -u
 cd "$(dirname "$0")/.."
 BIN=${T5G_BIN:-./t5gemma}
@@ -264,3 +266,43 @@ PYEOF
 echo '{"text": "a b"}' >"$T/one.jsonl"
 expect memory_refusal_params 1 "with (f32|bf16) weights \($want parameters\) needs about .* but only .* is available" \
   "$BIN" score --model "$T/gv" --input "$T/one.jsonl" --batch-size 65536
+
+# ---- dump: enc_pos / dec_pos / masks are optional with the reference's defaults -----------------------
+# a batch without them gives the same outputs, byte for byte, as one stating 0..n-1 and all-1 masks;
+# a batch with dec_pos 0, 2, 5, 9 gives another loss (so dec_pos is read)
+python3 - "$T" <<'PYEOF'
+import json, struct, sys
+def save(path, tensors):
+    h, data = {}, b""
+    for k, (shape, vals) in tensors.items():
+        raw = struct.pack("<%di" % len(vals), *vals)
+        h[k] = {"dtype": "I32", "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    hj = json.dumps(h).encode()
+    open(path, "wb").write(struct.pack("<Q", len(hj)) + hj + data)
+B, Te, Td = 2, 5, 4
+base = {"enc_ids": ([B, Te], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16]), "dec_ids": ([B, Td], [2, 20, 21, 22, 2, 23, 24, 25]),
+        "labels": ([B, Td], [20, 21, 22, 1, 23, 24, 25, 1])}
+save(sys.argv[1] + "/b_min.safetensors", base)
+full = dict(base, enc_pos=([B, Te], list(range(Te)) * B), dec_pos=([B, Td], list(range(Td)) * B),
+            enc_mask=([B, Te], [1] * B * Te), dec_mask=([B, Td], [1] * B * Td))
+save(sys.argv[1] + "/b_full.safetensors", full)
+save(sys.argv[1] + "/b_shift.safetensors", dict(full, dec_pos=([B, Td], [0, 2, 5, 9] * B)))   # RoPE is relative: a uniform shift would not show
+PYEOF
+dump_loss() { python3 -c "
+import json, struct, sys
+raw = open(sys.argv[1], 'rb').read(); n = struct.unpack('<Q', raw[:8])[0]; h = json.loads(raw[8:8 + n])
+a = h['loss']['data_offsets'][0]; print('%.9g' % struct.unpack('<f', raw[8 + n + a:8 + n + a + 4])[0])" "$1"; }
+"$BIN" random-checkpoint --config configs/models/tiny-t5gemma.json --out "$T/t5" --seed 2 >/dev/null 2>&1
+ok=1
+for b in min full shift; do
+  "$BIN" dump --model "$T/t5" --batch "$T/b_$b.safetensors" --out "$T/o_$b.safetensors" >"$T/dump_$b.out" 2>&1 || { ok=0; fail dump_optional_pos "dump $b: $(tail -c 300 "$T/dump_$b.out")"; }
+done
+if [ $ok = 1 ]; then
+  lm=$(dump_loss "$T/o_min.safetensors"); ls=$(dump_loss "$T/o_shift.safetensors")
+  if ! cmp -s "$T/o_min.safetensors" "$T/o_full.safetensors"; then fail dump_optional_pos "outputs differ without enc_pos/dec_pos/masks (loss $lm vs $(dump_loss "$T/o_full.safetensors"))"
+  elif [ "$lm" = "$ls" ]; then fail dump_optional_pos "dec_pos 0 2 5 9 gives the same loss $lm"
+  elif ! "$BIN" dump --help | grep -q "optional: enc_mask / dec_mask (default all 1), enc_pos / dec_pos (default 0..Te-1 / 0..Td-1"; then
+    fail dump_optional_pos "--help does not say dec_pos is optional"
+  else pass dump_optional_pos; fi
+fi

@@ -402,10 +402,13 @@ int cmd_dump(int argc, char **argv) {
   if (opt_flag(&o, "--help")) {
     printf("usage: t5gemma dump --model DIR --batch BATCH.safetensors --out OUT.safetensors [--recompute]\n"
            "Runs one forward and backward pass and writes loss [1], logits [B,Td,V] (soft-capped) and\n"
-           "grad/<name> for every parameter (F32). The batch holds I32 tensors enc_ids, enc_mask, enc_pos\n"
-           "(T5Gemma), dec_ids, dec_mask, dec_pos, labels (-100 = no loss), optional enc_seg/dec_seg, and an\n"
-           "optional F32 loss_norm [1] (default: the number of labels != -100). This is the format of\n"
-           "tests/ref/t5gemma_ref.py (check/dump), for comparing with an independent implementation.\n");
+           "grad/<name> for every parameter (F32). The batch holds I32 tensors:\n"
+           "  required: dec_ids [B,Td], labels [B,Td] (-100 = no loss), and enc_ids [B,Te] for T5Gemma;\n"
+           "  optional: enc_mask / dec_mask (default all 1), enc_pos / dec_pos (default 0..Te-1 / 0..Td-1\n"
+           "  in every row), dec_seg (packed segments; with it, enc_seg is required for T5Gemma),\n"
+           "  and an F32 loss_norm [1] (default: the number of labels != -100).\n"
+           "This is the batch format of tests/ref/t5gemma_ref.py (check/dump), with the same defaults, for\n"
+           "comparing with an independent implementation.\n");
     return 0;
   }
   const char *mdir = opt_get(&o, "--model"), *bpath = opt_get(&o, "--batch"), *out = opt_get(&o, "--out");
