@@ -62,7 +62,7 @@ fi
 cp "$TOK" "$T/gv/"
 
 # ---- threads -------------------------------------------------------------------------------------
-MAXT=$(( $(nproc) * 4 )); [ $MAXT -gt 1024 ] && MAXT=1024
+MAXT=$(( $(getconf _NPROCESSORS_ONLN) * 4 )); [ $MAXT -gt 1024 ] && MAXT=1024   # (nproc would follow OMP_NUM_THREADS)
 expect threads_huge 2 '--threads: 100000 threads is out of range: 1 to '$MAXT "$BIN" --threads 100000 info --no-measure
 expect threads_negative 2 '--threads: -1 threads is out of range' "$BIN" --threads -1 info --no-measure
 expect threads_zero 2 '--threads: 0 threads is out of range' "$BIN" --threads=0 info --no-measure

@@ -20,6 +20,7 @@
 #   config_*      unknown key, a key given twice (train config and model config.json), wrong type, out-of-range values (booleans, counts, rates, lengths
 #                 beyond max_position_embeddings), objective/model mismatch, missing init: clear
 #                 message naming the key, non-zero exit, no run directory created
+#   resume_nothing_to_train_*  resuming a run at or past its steps says so (step N of M), exits 0, changes nothing
 #   rundir_refuse / rundir_overwrite  a fresh run in a directory holding another run's checkpoints
 #                 is refused untouched; overwrite=1 deletes the earlier run first
 #   val_*         eval_every > 0 with a misnamed, deleted or empty validation split: error at start
@@ -522,6 +523,8 @@ cfg_case memory 'train needs about' copy.json batch_size=4000000
 # ranges: booleans 0/1, counts, rates; lengths within the model's max_position_embeddings (512)
 cfg_case range_clip 'clip must be finite and >= 0, found -1' copy.json clip=-1
 cfg_case range_threads 'threads must be >= 0, found -1' copy.json threads=-1
+MAXT=$(( $(getconf _NPROCESSORS_ONLN) * 4 )); [ $MAXT -gt 1024 ] && MAXT=1024   # (nproc would follow OMP_NUM_THREADS)
+cfg_case range_threads_max "threads=$((MAXT + 1)) is out of range: 0 (the default: --threads / OMP_NUM_THREADS / all cores) or 1 to $MAXT on this machine" copy.json threads=$((MAXT + 1))
 cfg_case range_packed 'packed must be 0 or 1, found 2' copy.json packed=2
 cfg_case range_recompute 'recompute must be 0 or 1, found 7' copy.json recompute=7
 cfg_case range_steps 'steps must be >= 1, found 0' copy.json steps=0
@@ -572,6 +575,22 @@ elif ! grep -qF "the configured model (model=t5-512.json) does not match the mod
 elif grep -q "falling back\|none of the\|is missing" "$W/other.out"; then fail "resume_other_model" "calls the checkpoints damaged: $(tailmsg other)"
 elif [ "$(cd "$W/copy_run" && ls -l --full-time -R . | md5sum)" != "$before" ]; then fail "resume_other_model" "copy_run was modified"
 else pass "resume_other_model"; fi
+
+# resuming a run already at its steps (ow_run: step 1 of 1) or past them (copy_run: step 400, steps=300):
+# one clear line, exit 0, no step, no file but train.log changed
+files_sum() { (cd "$1" && find . -type f ! -name train.log | sort | xargs md5sum | md5sum); }
+for c in "ow_run 1 1" "copy_run 400 300"; do
+  read -r rd at of <<<"$c"
+  sum0=$(files_sum "$W/$rd")
+  if [ "$rd" = ow_run ]; then train "done_$rd" resume=$rd; else train "done_$rd" resume=$rd steps=$of; fi
+  rc=$?
+  if [ $rc != 0 ]; then fail "resume_nothing_to_train_$rd" "exit status $rc: $(tailmsg "done_$rd")"
+  elif ! grep -qxF "the run is already at step $at of $of: nothing to train; raise steps= to continue" "$W/done_$rd.out"; then
+    fail "resume_nothing_to_train_$rd" "message: $(tailmsg "done_$rd")"
+  elif grep -q "^step \|^done:" "$W/done_$rd.out"; then fail "resume_nothing_to_train_$rd" "trained or exported: $(tailmsg "done_$rd")"
+  elif [ "$(files_sum "$W/$rd")" != "$sum0" ]; then fail "resume_nothing_to_train_$rd" "files of $rd changed"
+  else pass "resume_nothing_to_train_$rd"; fi
+done
 
 # --help: every ul2_mixture form; keep_last=0 keeps every checkpoint
 hlp=$("$BIN" train --help 2>&1)

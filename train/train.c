@@ -1017,6 +1017,23 @@ int cmd_train(int argc, char **argv) {
     else tlog(t, "resume: %s (step %lld)\n", loaded, (long long)t->step);
     free(loaded);
     if (t->rank == 0 && !fresh) trim_metrics(t);
+    if (t->step >= tc->steps) {
+      /* nothing to train: say so rather than exit silently. At exactly `steps` with no hf/ yet
+       * (stopped between the last checkpoint and the export) the export below still runs. */
+      char *hfm = t5g_path_join(tc->run_dir, "hf/model.safetensors");
+      int export_missing = t->step == tc->steps && !t5g_file_exists(hfm);
+      free(hfm);
+      tlog(t, "the run is already at step %lld of %d: nothing to train; raise steps= to continue%s\n", (long long)t->step, tc->steps,
+           export_missing ? " (writing its final model, missing from hf/)" : "");
+      if (!export_missing) {
+        remove_created(t);   /* a resume into another run_dir leaves nothing behind */
+        if (t->log) fclose(t->log);
+        if (t->metrics) fclose(t->metrics);
+        dist_barrier();
+        dist_finalize();
+        return 0;
+      }
+    }
   }
   /* everything identical on every rank from here */
   if (!dist_same_u64(weights_checksum(&t->m.ps))) { t5g_error("train: weights differ across ranks at start"); fail(t); }

@@ -1,5 +1,6 @@
 /* train_config.c: key table, JSON loading, overrides (see train_config.h). */
 #include "train/train_config.h"
+#include "model/runtime.h"
 #include "model/util.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -8,6 +9,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef enum { K_STR, K_INT, K_DBL, K_FLT, K_U64 } KeyType;
 /* A numeric key's valid range [lo, hi] (lo_open / hi_open: that end excluded; hi = INFINITY: no
@@ -208,6 +210,10 @@ static int check_range(const TrainConfig *c, const KeyDef *kd) {
 
 int train_config_validate(const TrainConfig *c) {
   for (int i = 0; i < N_KEYS; i++) if (check_range(c, &keys[i]) != 0) return -1;
+  /* the bound of --threads / OMP_NUM_THREADS (model/runtime.h): refused, not lowered by t5g_set_threads */
+  if (c->threads > t5g_threads_max())
+    return t5g_error("train config: threads=%d is out of range: 0 (the default: --threads / OMP_NUM_THREADS / all cores) or 1 to %d "
+                     "on this machine (4 x %ld cores, at most %d)", c->threads, t5g_threads_max(), sysconf(_SC_NPROCESSORS_ONLN), T5G_THREADS_CAP);
   const char *objs[] = {"causal", "prefixlm", "ul2", "sft"};
   int ok = 0;
   for (int i = 0; i < 4; i++) ok |= strcmp(c->objective, objs[i]) == 0;
