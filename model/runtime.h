@@ -45,10 +45,11 @@ int  t5g_cpu_has_avx2(void);
 /* Measured single-precision GEMM rate of this machine at the current thread count, GFLOP/s
  * (M=N=K=1024 by default, best of a few runs; cached after the first call). Used for MFU. */
 double t5g_sgemm_gflops(int m, int n, int k);
-/* The same product's rate per CPU-second of the process, times the thread count: what the threads
- * reach with their cores to themselves. Unlike the wall-clock rate it does not fall when other
- * jobs share the cores while it is measured, so a training log's MFU against it cannot pass 100%
- * when the load drops later. Cached like t5g_sgemm_gflops. */
+/* One thread's rate for the same product (single-threaded OpenBLAS, as model/gemm.c runs it on
+ * each thread of the pool) per CPU-second of that thread, times the thread count: what the
+ * threads reach with their cores to themselves. Unlike the wall-clock rate it hardly changes when
+ * other jobs share the cores while it is measured, so a training log's MFU against it does not
+ * pass 100% when the load drops later. Cached like t5g_sgemm_gflops. */
 double t5g_sgemm_gflops_cpu(int m, int n, int k);
 
 #endif
