@@ -25,6 +25,8 @@
 #            unequal-nowarmup  the same pair, warmup_cross_steps=0
 #            unequal-warmup-rewarm  50 warm-up steps, then a 20-step lr ramp for the unfrozen
 #                              parameters (warmup_cross_rewarm=20)
+# and, at 4x the budget (1200 steps): adapted-long, causal-encoder-long (PrefixLM) and
+#   decoder-continued-long (pretrain-small + 1200 causal steps)
 # Each run's starting point is evaluated on the run's own validation batches (step 0: one step
 # with lr 0) and each final model on the whole validation split (t5gemma eval). Every final model, decoder-only or
 # encoder-decoder, is also scored on the demo's held-out windows (second 128 tokens given the first
@@ -141,6 +143,10 @@ hdr "claim 2: bidirectional vs causal encoder"
 prefixlm causal-encoder "$EXP/init-causal-encoder"
 ul2 ul2-bidirectional "$EXP/init-adapted" warmup_steps=20
 ul2 ul2-causal-encoder "$EXP/init-causal-encoder" warmup_steps=20
+hdr "claim 2 at 4x the budget, and the decoder-only baseline with the same extra steps"
+prefixlm adapted-long "$EXP/init-adapted" steps=1200 eval_every=100
+prefixlm causal-encoder-long "$EXP/init-causal-encoder" steps=1200 eval_every=100
+train decoder-continued-long configs/demo-pretrain.json init="$EXP/pretrain-small/hf" steps=1200 lr=0.001 warmup_steps=20 eval_every=100
 hdr "claim 3: unequal pair, cross-attention warm-up"
 prefixlm unequal-warmup "$EXP/init-unequal" warmup_cross_steps=50
 prefixlm unequal-nowarmup "$EXP/init-unequal" warmup_cross_steps=0
@@ -156,7 +162,8 @@ echo "{" >"$EXP/heldout.json.tmp"
 echo "{" >"$EXP/heldout-swapped.json.tmp"
 sep=""
 for run in pretrain-small pretrain-large decoder-continued adapted scratch-lr1e-3 scratch-lr2e-3 scratch-long \
-           causal-encoder unequal-warmup unequal-nowarmup unequal-warmup-rewarm; do
+           causal-encoder unequal-warmup unequal-nowarmup unequal-warmup-rewarm adapted-long causal-encoder-long \
+           decoder-continued-long; do
   t5g score --model "$EXP/$run/hf" --input "$EXP/heldout-windows.jsonl" --output "$EXP/$run/heldout-score.jsonl" 2>/dev/null
   loss=$($TOOLS nll "$EXP/$run/heldout-score.jsonl" | cut -d' ' -f1)
   t5g score --model "$EXP/$run/hf" --input "$EXP/heldout-swapped.jsonl" --output "$EXP/$run/heldout-swapped-score.jsonl" 2>/dev/null

@@ -103,7 +103,7 @@ def main():
             R[run] = load(exp, run)
     need = ['pretrain-small', 'pretrain-large', 'decoder-continued', 'adapted', 'scratch-lr1e-3', 'scratch-lr2e-3', 'scratch-long',
             'causal-encoder', 'ul2-bidirectional', 'ul2-causal-encoder', 'unequal-warmup', 'unequal-nowarmup',
-            'unequal-warmup-rewarm']
+            'unequal-warmup-rewarm', 'adapted-long', 'causal-encoder-long', 'decoder-continued-long']
     missing = [n for n in need if n not in R]
     if missing:
         sys.exit('experiments_report.py: missing runs in %s: %s' % (exp, ', '.join(missing)))
@@ -150,7 +150,8 @@ def main():
     md.append('| run | start (step 0) | val loss @100 | @200 | @300 | final (whole val split) | wall (s) | CPU (s) |')
     md.append('|---|---:|---:|---:|---:|---:|---:|---:|')
     for n in ('adapted', 'scratch-lr1e-3', 'scratch-lr2e-3', 'scratch-long', 'causal-encoder', 'ul2-bidirectional',
-              'ul2-causal-encoder', 'unequal-warmup', 'unequal-nowarmup', 'unequal-warmup-rewarm'):
+              'ul2-causal-encoder', 'unequal-warmup', 'unequal-nowarmup', 'unequal-warmup-rewarm', 'adapted-long',
+              'causal-encoder-long'):
         v = dict(R[n]['val'])
         md.append('| %s | %s | %s | %s | %s | %s | %.0f | %.0f |' % (n, fmt(v.get(0)), fmt(v.get(100)), fmt(v.get(200)), fmt(v.get(300)),
                                                                    fmt(R[n]['final']), R[n]['wall'], R[n]['cpu']))
@@ -195,7 +196,10 @@ def main():
                  'unequal-warmup': 'T5Gemma large encoder + small decoder, warm-up, %d steps' % R['unequal-warmup']['train'][-1][0],
                  'unequal-nowarmup': 'T5Gemma large encoder + small decoder, no warm-up, %d steps' % R['unequal-nowarmup']['train'][-1][0],
                  'unequal-warmup-rewarm': 'T5Gemma large encoder + small decoder, warm-up + lr ramp, %d steps'
-                 % R['unequal-warmup-rewarm']['train'][-1][0]}
+                 % R['unequal-warmup-rewarm']['train'][-1][0],
+                 'decoder-continued-long': 'demo-gemma2 + %d more causal steps' % R['decoder-continued-long']['train'][-1][0],
+                 'adapted-long': 'T5Gemma adapted from demo-gemma2 + %d PrefixLM steps' % R['adapted-long']['train'][-1][0],
+                 'causal-encoder-long': 'T5Gemma adapted, causal encoder, %d PrefixLM steps' % R['causal-encoder-long']['train'][-1][0]}
         for k, v in H.items():
             sw = S.get(k)
             md.append('| %s | %.4f | %.1f | %s | %s |' % (names.get(k, k), v, math.exp(v), '%.4f' % sw if sw is not None else '-',
@@ -203,7 +207,10 @@ def main():
         md.append('')
 
     # claim 2
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4.2))
+    plot(a3, R['adapted-long'], 'bidirectional encoder (default)', 'C0')
+    plot(a3, R['causal-encoder-long'], 'causal encoder (encoder_causal=1)', 'C2')
+    a3.set_title('PrefixLM, %d steps' % R['adapted-long']['train'][-1][0])
     plot(a1, R['adapted'], 'bidirectional encoder (default)', 'C0')
     plot(a1, R['causal-encoder'], 'causal encoder (encoder_causal=1)', 'C2')
     a1.set_ylabel('validation loss (nats/token)')
@@ -211,7 +218,8 @@ def main():
     plot(a2, R['ul2-bidirectional'], 'bidirectional encoder (default)', 'C0')
     plot(a2, R['ul2-causal-encoder'], 'causal encoder (encoder_causal=1)', 'C2')
     a2.set_title('UL2 (t5gemma2 mixture)')
-    for a, runs in ((a1, ('adapted', 'causal-encoder')), (a2, ('ul2-bidirectional', 'ul2-causal-encoder'))):
+    for a, runs in ((a1, ('adapted', 'causal-encoder')), (a2, ('ul2-bidirectional', 'ul2-causal-encoder')),
+                    (a3, ('adapted-long', 'causal-encoder-long'))):
         a.set_xlabel('training step (from the adapted demo-gemma2)')
         lo = min(v for n in runs for _, v in R[n]['val'])
         hi = max(v for n in runs for _, v in R[n]['val'][1:])
