@@ -255,7 +255,8 @@ def main():
         v = [(st, y) for st, y in R[n]['val'] if st >= 50]
         zs += [y for _, y in v]
         az.plot([st for st, _ in v], [y for _, y in v], marker='.', color=col, ls=sty, label=lab)
-    az.set_ylim(min(zs) - 0.02, max(zs) + 0.02)
+    if zs:   # (a smoke run with a few steps has no validation from step 50 on)
+        az.set_ylim(min(zs) - 0.02, max(zs) + 0.02)
     az.set_xlabel('PrefixLM step')
     az.set_title('validation loss from step 50 (zoomed)')
     az.grid(alpha=0.3)
