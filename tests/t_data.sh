@@ -4,11 +4,8 @@
 # tests/data, determinism across thread counts, bad input, corrupted shards.
 set -u
 cd "$(dirname "$0")/.."
-BIN=${T5G_BIN:-./t5gemma}
-T=$(mktemp -d /tmp/t5g_t_data.XXXXXX)
-trap 'rm -rf "$T"' EXIT
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
+. tests/lib.sh data
+T=$W
 
 # ---- pre-tokenized input (ids above 16 bits), no tokenizer
 /usr/bin/python3 - "$T/ids.txt" <<'EOF'

@@ -15,17 +15,8 @@
 # Single-threaded (threads=1). About 15 s.
 set -u
 cd "$(dirname "$0")/.."
-REPO=$(pwd)
-BIN=${T5G_BIN:-./t5gemma}
-case "$BIN" in /*) ;; *) BIN="$REPO/$BIN" ;; esac
-PY=/usr/bin/python3
+. tests/lib.sh teacher_bf16
 export OMP_NUM_THREADS=1
-W=$(mktemp -d /tmp/t_teacher_bf16.XXXXXX)
-if [ -n "${KEEP:-}" ]; then echo "work dir $W" >&2; else trap 'rm -rf "$W"' EXIT; fi
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
-die() { echo "FAIL teacher_bf16_setup: $1"; exit 1; }
-[ -x "$BIN" ] || die "$BIN is not executable (set T5G_BIN)"
 
 $PY - "$W" <<'EOF' || die "cannot write configs and data"
 import json, random, sys

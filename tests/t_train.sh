@@ -36,17 +36,8 @@
 # for the small SentencePiece tokenizer used by the UL2 and SFT cases).
 set -u
 cd "$(dirname "$0")/.."
-REPO=$(pwd)
-BIN=${T5G_BIN:-./t5gemma}
-case "$BIN" in /*) ;; *) BIN="$REPO/$BIN" ;; esac
-PY=/usr/bin/python3
+. tests/lib.sh train
 export OMP_NUM_THREADS=1
-W=$(mktemp -d /tmp/t_train.XXXXXX)
-if [ -n "${KEEP:-}" ]; then echo "work dir $W" >&2; else trap 'rm -rf "$W"' EXIT; fi
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
-die() { echo "FAIL train_setup: $1"; exit 1; }
-[ -x "$BIN" ] || die "$BIN is not executable (set T5G_BIN)"
 $PY -c 'import h5py, numpy, torch' 2>/dev/null || die "/usr/bin/python3 lacks h5py/numpy/torch"
 
 # ---- helpers --------------------------------------------------------------------------------
