@@ -25,6 +25,13 @@ void batch_free(Batch *b) {
   memset(b, 0, sizeof *b);
 }
 
+int64_t batch_input_tokens(const Batch *b) {
+  int64_t n = 0;
+  for (int64_t i = 0; i < (int64_t)b->B * b->Te; i++) n += b->enc_mask[i];
+  for (int64_t i = 0; i < (int64_t)b->B * b->Td; i++) n += b->dec_mask[i];
+  return n;
+}
+
 void batch_count_targets(Batch *b) {
   int64_t n = 0;
   for (int64_t i = 0; i < (int64_t)b->B * b->Td; i++) n += b->labels[i] != -100;

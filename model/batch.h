@@ -33,5 +33,7 @@ void batch_alloc(Batch *b, int B, int Te, int Td, int packed);
 void batch_free(Batch *b);
 /* Recount n_targets; fill masks from segment ids or from pad positions when asked. */
 void batch_count_targets(Batch *b);
+/* Real (unpadded) input tokens: the 1s of enc_mask [B, Te] and dec_mask [B, Td]. */
+int64_t batch_input_tokens(const Batch *b);
 
 #endif

@@ -283,9 +283,7 @@ static int rig_step(Rig *t) {
   for (int k = 0; k < t->grad_accum; k++) {
     if (obj_next_batch(t->obj, &t->mb[k]) != 1) return -1;
     counts[0] += t->mb[k].n_targets;
-    const Batch *b = &t->mb[k];
-    for (int64_t i = 0; i < (int64_t)b->B * b->Te; i++) counts[1] += b->enc_mask[i];
-    for (int64_t i = 0; i < (int64_t)b->B * b->Td; i++) counts[1] += b->dec_mask[i];
+    counts[1] += batch_input_tokens(&t->mb[k]);
   }
   dist_allreduce_sum_i64(counts, 2);
   float norm = counts[0] > 0 ? (float)counts[0] : 1.0f;

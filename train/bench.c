@@ -553,8 +553,7 @@ static int bench_reader(const BenchOpts *o) {
     int k = obj_next_batch(ob, &b);
     if (k < 0) { rc = -1; break; }
     if (k == 0) { rc = t5g_error("bench reader: the dataset ended"); break; }
-    for (int64_t i = 0; i < (int64_t)B * Te; i++) tokens += b.enc_mask[i];
-    for (int64_t i = 0; i < (int64_t)B * Td; i++) tokens += b.dec_mask[i];
+    tokens += batch_input_tokens(&b);
     batches++;
     dt = t5g_now() - t0;
   }

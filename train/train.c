@@ -827,9 +827,7 @@ static int train_step(Trainer *t, double *loss_out, double *gnorm_out, int64_t *
     if (rc < 0) fail(t);
     if (rc == 0) { t5g_error("train: the training data ended (objective %s)", tc->objective); fail(t); }
     counts[0] += t->mb[k].n_targets;
-    Batch *b = &t->mb[k];
-    for (int64_t i = 0; i < (int64_t)b->B * b->Te; i++) counts[1] += b->enc_mask[i];
-    for (int64_t i = 0; i < (int64_t)b->B * b->Td; i++) counts[1] += b->dec_mask[i];
+    counts[1] += batch_input_tokens(&t->mb[k]);
   }
   dist_allreduce_sum_i64(counts, 2);
   float norm = counts[0] > 0 ? (float)counts[0] : 1.0f;
