@@ -158,28 +158,40 @@ char *t5g_tmp_name(const char *path) {
   return t;
 }
 
+int t5g_remove_dead_tmps(const char *dir, int (*match)(const char *name, size_t len, const void *ud), const void *ud,
+                         int say) {
+  int n = 0;
+  DIR *d = opendir(dir[0] ? dir : "/");
+  if (!d) return 0;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    const char *t = strstr(de->d_name, ".tmp.");
+    if (!t || !match(de->d_name, (size_t)(t - de->d_name), ud)) continue;
+    char *end;
+    long pid = strtol(t + 5, &end, 10);
+    if (*end || end == t + 5 || pid <= 0 || pid == (long)getpid()) continue;
+    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;   /* its writer may still be running */
+    char *p = t5g_path_join(dir, de->d_name);
+    if (unlink(p) == 0) {
+      if (say) fprintf(stderr, "removed %s, left by an interrupted earlier run (process %ld)\n", p, pid);
+      n++;
+    }
+    free(p);
+  }
+  closedir(d);
+  return n;
+}
+
+static int same_name(const char *name, size_t len, const void *base) {
+  return len == strlen(base) && memcmp(name, base, len) == 0;
+}
+
 int t5g_remove_stale_tmps(const char *path) {
   char *dir = t5g_strdup(path);
   char *slash = strrchr(dir, '/');
   const char *base = slash ? slash + 1 : path;
   if (slash) *slash = 0; else strcpy(dir, ".");
-  size_t bl = strlen(base);
-  int n = 0;
-  DIR *d = opendir(dir[0] ? dir : "/");
-  if (d) {
-    struct dirent *de;
-    while ((de = readdir(d))) {
-      if (strncmp(de->d_name, base, bl) != 0 || strncmp(de->d_name + bl, ".tmp.", 5) != 0) continue;
-      char *end;
-      long pid = strtol(de->d_name + bl + 5, &end, 10);
-      if (*end || end == de->d_name + bl + 5 || pid <= 0 || pid == (long)getpid()) continue;
-      if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;   /* its writer may still be running */
-      char *p = t5g_path_join(dir, de->d_name);
-      if (unlink(p) == 0) { fprintf(stderr, "removed %s, left by an interrupted earlier run (process %ld)\n", p, pid); n++; }
-      free(p);
-    }
-    closedir(d);
-  }
+  int n = t5g_remove_dead_tmps(dir, same_name, base, 1);
   free(dir);
   return n;
 }

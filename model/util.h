@@ -70,8 +70,13 @@ int  t5g_tmp_remove_all(int sig);
  * process (exit status 128 + signal, e.g. 130 for Ctrl-C). main() installs it for every command;
  * train replaces it with train/signals.h (whose second signal does the same). */
 void t5g_tmp_cleanup_on_signals(void);
-/* Remove "<path>.tmp.<pid>" files left by processes that no longer exist (a writer killed with
- * SIGKILL or a power cut). Prints one line per file removed; returns how many. */
+/* Remove, in directory dir, the temporaries "<name>.tmp.<pid>" left by processes that no longer
+ * exist (a writer killed with SIGKILL or a power cut), for the names <name> that match(name, len,
+ * ud) accepts (name is not NUL-terminated at len). say: print one line per file removed. Returns
+ * how many were removed. */
+int  t5g_remove_dead_tmps(const char *dir, int (*match)(const char *name, size_t len, const void *ud), const void *ud,
+                          int say);
+/* The same for one output file: "<path>.tmp.<pid>", saying what it removes. */
 int  t5g_remove_stale_tmps(const char *path);
 
 int  t5g_mkdir_p(const char *dir);

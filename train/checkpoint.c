@@ -885,6 +885,12 @@ int ckpt_load_latest(const char *dir, CkptLoadFn load, void *ud, char **loaded) 
   return result;
 }
 
+/* "ckpt-<...>.h5": a checkpoint's name (the part before ".tmp.<pid>" of its temporary). */
+static int is_ckpt_name(const char *name, size_t len, const void *ud) {
+  (void)ud;
+  return len > 8 && strncmp(name, "ckpt-", 5) == 0 && memcmp(name + len - 3, ".h5", 3) == 0;
+}
+
 int ckpt_prune(const char *dir, int keep) {
   if (keep < 1) return t5g_error("ckpt_prune: keep must be >= 1, found %d", keep);
   CkptFile *f; int n;
@@ -907,22 +913,7 @@ int ckpt_prune(const char *dir, int keep) {
   }
   ckpt_list_free(f, n);
   /* temporaries of writers that died: ckpt-<digits>.h5.tmp.<pid> */
-  DIR *d = opendir(dir);
-  if (d) {
-    struct dirent *de;
-    while ((de = readdir(d))) {
-      const char *t = strstr(de->d_name, ".h5.tmp.");
-      if (strncmp(de->d_name, "ckpt-", 5) != 0 || !t) continue;
-      char *end;
-      long pid = strtol(t + 8, &end, 10);
-      if (*end || pid <= 0 || pid == (long)getpid()) continue;
-      if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;  /* alive (or not ours to judge) */
-      char *p = xprintf("%s/%s", dir, de->d_name);
-      if (unlink(p) == 0) deleted++;
-      free(p);
-    }
-    closedir(d);
-  }
+  deleted += t5g_remove_dead_tmps(dir, is_ckpt_name, NULL, 0);
   return rc ? -1 : deleted;
 }
 
