@@ -88,6 +88,20 @@ def plot(ax, r, label, color, shift=0, train=True, style='-'):
     ax.plot(xs, [v for _, v in r['val']], style, marker='o', ms=3, color=color, label=label)
 
 
+def finish(ax, top=None):
+    """Grid and legend of a loss panel; top: the upper y limit (the curves start near ln V)."""
+    if top is not None:
+        ax.set_ylim(top=top)
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def save(fig, img, name):
+    fig.tight_layout()
+    fig.savefig(os.path.join(img, 'experiments-%s.png' % name), dpi=90)
+    plt.close(fig)
+
+
 def fmt(x, nd=3):
     return '-' if x is None or (isinstance(x, float) and math.isnan(x)) else ('%.*f' % (nd, x))
 
@@ -117,12 +131,8 @@ def main():
     ax.set_xlabel('causal LM step (16 x 256 tokens)')
     ax.set_ylabel('loss (nats/token)')
     ax.set_title('Decoder-only pretraining (thin: training, dots: validation)')
-    ax.set_ylim(top=8.5)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(img, 'experiments-pretrain.png'), dpi=90)
-    plt.close(fig)
+    finish(ax, top=8.5)
+    save(fig, img, 'pretrain')
 
     # claim 1
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -138,12 +148,8 @@ def main():
     a2.set_xlabel('total steps incl. decoder-only pretraining (equal compute per step)')
     a2.set_title('By total training compute')
     for a in (a1, a2):
-        a.grid(alpha=0.3)
-        a.legend()
-        a.set_ylim(top=8.5)
-    fig.tight_layout()
-    fig.savefig(os.path.join(img, 'experiments-adapt.png'), dpi=90)
-    plt.close(fig)
+        finish(a, top=8.5)
+    save(fig, img, 'adapt')
 
     best_scratch = min(('scratch-lr1e-3', 'scratch-lr2e-3'), key=lambda n: R[n]['val'][-1][1])
     md.append('### Encoder-decoder runs (validation loss of the run\'s own objective, nats/token)\n')
@@ -224,11 +230,8 @@ def main():
         lo = min(v for n in runs for _, v in R[n]['val'])
         hi = max(v for n in runs for _, v in R[n]['val'][1:])
         a.set_ylim(lo - 0.05, hi + 0.1)
-        a.grid(alpha=0.3)
-        a.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(img, 'experiments-encoder.png'), dpi=90)
-    plt.close(fig)
+        finish(a)
+    save(fig, img, 'encoder')
 
     # claim 3
     fig, (ax, az) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -244,26 +247,21 @@ def main():
     ax.set_xlabel('PrefixLM step')
     ax.set_ylabel('PrefixLM validation loss (nats/token)')
     ax.set_title('Unequal pair: large encoder + small decoder')
-    ax.set_ylim(top=8.5)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    # the same from step 50 on, where the curves are within ~0.1 of each other
+    finish(ax, top=8.5)
+    # the same from the end of the warm-up on, where the curves are within ~0.1 of each other
+    z0 = wsteps or 0
     zs = []
-    for n, lab, col, tr, sty in (('unequal-warmup', 'warm-up', 'C4', True, '-'), ('unequal-nowarmup', 'no warm-up', 'C5', True, '-'),
-                                 ('unequal-warmup-rewarm', 'warm-up + lr ramp', 'C3', True, '-'),
-                                 ('adapted', 'balanced (reference)', 'C0', False, '--')):
-        v = [(st, y) for st, y in R[n]['val'] if st >= 50]
+    for n, lab, col, sty in (('unequal-warmup', 'warm-up', 'C4', '-'), ('unequal-nowarmup', 'no warm-up', 'C5', '-'),
+                             ('unequal-warmup-rewarm', 'warm-up + lr ramp', 'C3', '-'), ('adapted', 'balanced (reference)', 'C0', '--')):
+        v = [(st, y) for st, y in R[n]['val'] if st >= z0]
         zs += [y for _, y in v]
         az.plot([st for st, _ in v], [y for _, y in v], marker='.', color=col, ls=sty, label=lab)
-    if zs:   # (a smoke run with a few steps has no validation from step 50 on)
+    if zs:   # (a smoke run with a few steps has no validation after the warm-up)
         az.set_ylim(min(zs) - 0.02, max(zs) + 0.02)
     az.set_xlabel('PrefixLM step')
-    az.set_title('validation loss from step 50 (zoomed)')
-    az.grid(alpha=0.3)
-    az.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(img, 'experiments-unequal.png'), dpi=90)
-    plt.close(fig)
+    az.set_title('validation loss from step %d (zoomed)' % z0)
+    finish(az)
+    save(fig, img, 'unequal')
 
     md.append('### Pretraining (decoder-only, causal LM)\n')
     md.append('| run | steps | last training loss | last validation loss | wall (s) | CPU (s) |')
